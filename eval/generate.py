@@ -1,0 +1,207 @@
+"""Batched greedy generation under layer allocations.
+
+Protocol (the seed paper's): the prompt's key/value cache is built by the full
+model; every generated token is predicted by the allocation's layers.  We
+prefill the full model on all prompt tokens but the last, then each allocation
+reads the last prompt token itself, so that even the first generated token is
+the allocation's prediction.
+
+Because the prompt cache does not depend on the allocation, it is computed once
+per batch of sequences and shared by every candidate allocation
+(`generate_candidates`).  The plain path, one generation per allocation with
+the prompt re-read each time, is the same call with one allocation at a time.
+
+Shapes: B = sequences in a batch, P = padded prompt length, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache, PreTrainedModel
+
+from skiporacle.eval.model import AllocationCache, layer_view
+from skiporacle.search.allocation import Allocation
+
+# Per prefill batch: at most this many padded prompt tokens, and attention
+# scores (batch x heads x P x P floats) of at most this many bytes.
+TOKENS_PER_BATCH = 16384
+SCORE_BYTES_PER_BATCH = 1 << 30
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One greedy output: generated token ids (EOS included if reached) and their text."""
+
+    tokens: tuple[int, ...]
+    text: str
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt; chat-templated prompts already hold their special tokens."""
+    add_special = getattr(tokenizer, "chat_template", None) is None
+    return [tokenizer(p, add_special_tokens=add_special).input_ids for p in prompts]
+
+
+def eos_ids(model: PreTrainedModel, tokenizer) -> frozenset[int]:
+    """Every token id that ends a generation."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
+
+
+def plan_batches(lengths: Sequence[int], num_heads: int) -> list[list[int]]:
+    """Group sequence indices into prefill batches, longest first.
+
+    Sorting by length keeps left padding small (mixed lengths double prefill
+    cost); a batch grows while its padded tokens and attention-score memory stay
+    under the module's limits, so batch size follows model and prompt sizes.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            size, width = len(batches[-1]) + 1, lengths[batches[-1][0]]
+            if size * width <= TOKENS_PER_BATCH and size * num_heads * width * width * 4 <= SCORE_BYTES_PER_BATCH:
+                batches[-1].append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids [B, P] and attention_mask [B, P], padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[b, width - len(row) :] = 1
+    return ids, mask
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [B, T] of a left-padded mask [B, T]: 0 at each row's first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> DynamicCache:
+    """Run `model` over ids [B, T] into `cache`; no logits are computed."""
+    if ids.shape[1] > 0:
+        model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True)
+    return cache
+
+
+def decode_one_token(
+    view: PreTrainedModel, tokens: torch.Tensor, mask: torch.Tensor, position: torch.Tensor, cache: DynamicCache
+) -> torch.Tensor:
+    """Feed tokens [B] at position [B] (mask [B, T+1] covers cache + token); return logits [B, V]."""
+    out = view(
+        input_ids=tokens[:, None],
+        attention_mask=mask,
+        position_ids=position[:, None],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
+def greedy_decode(
+    view: PreTrainedModel,
+    cache: DynamicCache,
+    last_prompt_token: torch.Tensor,
+    mask: torch.Tensor,
+    max_new_tokens: int,
+    eos: frozenset[int],
+) -> list[list[int]]:
+    """Greedy tokens for each row, starting by feeding last_prompt_token [B].
+
+    `mask` [B, T] covers the cached positions plus the last prompt token.
+    A row leaves the batch once it emits EOS, so finished rows cost nothing.
+    """
+    out: list[list[int]] = [[] for _ in range(len(last_prompt_token))]
+    live = torch.arange(len(last_prompt_token))
+    tokens = last_prompt_token
+    position = mask.sum(-1) - 1
+    eos_tensor = torch.tensor(sorted(eos), dtype=torch.long)
+    for step in range(max_new_tokens):
+        logits = decode_one_token(view, tokens, mask, position, cache)
+        tokens = logits.argmax(-1)
+        for row, token in zip(live.tolist(), tokens.tolist()):
+            out[row].append(token)
+        done = torch.isin(tokens, eos_tensor)
+        if step + 1 == max_new_tokens or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            live, tokens, mask, position = live[keep], tokens[keep], mask[keep], position[keep]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
+        position = position + 1
+    return out
+
+
+@torch.inference_mode()
+def generate_candidates(
+    model: PreTrainedModel,
+    tokenizer,
+    prompts: Sequence[str],
+    allocations: Sequence[Allocation],
+    max_new_tokens: int,
+    prompt_under_allocation: bool = False,
+    progress: bool = False,
+) -> list[list[Generation]]:
+    """Greedy outputs [sequence][allocation] for every prompt under every allocation.
+
+    The full-model prompt cache of each batch is computed once and shared by all
+    allocations (with `prompt_under_allocation` each allocation reads the prompt
+    with its own layers instead, so nothing is shared).  Results do not depend on
+    how many allocations are passed together.
+    """
+    rows = encode_prompts(tokenizer, prompts)
+    eos = eos_ids(model, tokenizer)
+    results: list[list[Generation | None]] = [[None] * len(allocations) for _ in prompts]
+    batches = plan_batches([len(r) for r in rows], model.config.get_text_config().num_attention_heads)
+    bar = tqdm(total=len(prompts) * len(allocations), disable=not progress, unit="gen", desc="generate")
+    for batch in batches:
+        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
+        shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        for a, allocation in enumerate(allocations):
+            view = layer_view(model, allocation.layers)
+            if shared is None:
+                cache = prefill(view, ids[:, :-1], mask[:, :-1], AllocationCache(allocation.layers))
+            else:
+                cache = AllocationCache(allocation.layers, shared)
+            generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos)
+            for i, tokens in zip(batch, generated):
+                results[i][a] = Generation(tuple(tokens), _text(tokenizer, tokens, eos))
+            bar.update(len(batch))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer,
+    prompts: Sequence[str],
+    allocation: Allocation,
+    max_new_tokens: int,
+    prompt_under_allocation: bool = False,
+    progress: bool = False,
+) -> list[Generation]:
+    """Greedy outputs of every prompt under one allocation (prompt included)."""
+    per_sequence = generate_candidates(
+        model, tokenizer, prompts, [allocation], max_new_tokens, prompt_under_allocation, progress
+    )
+    return [g[0] for g in per_sequence]
+
+
+def _text(tokenizer, tokens: Sequence[int], eos: frozenset[int]) -> str:
+    body = tokens[:-1] if tokens and tokens[-1] in eos else tokens
+    return tokenizer.decode(body, skip_special_tokens=True).strip()

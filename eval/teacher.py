@@ -1,0 +1,104 @@
+"""Teacher-forced passes: run an allocation over known continuations in one parallel pass.
+
+Given the full model's greedy outputs y, one forward pass of an allocation over
+[last prompt token, y[:-1]] (on the shared full-model prompt cache) yields the
+allocation's prediction at every output position.  This serves the layer
+importance ranking (negative log-likelihood of y), the hidden-state similarity
+figure, and the verification of a candidate's greedy output against y.
+
+Shapes: B = sequences, T = longest continuation, H = hidden size, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from skiporacle.eval.generate import encode_prompts, left_pad, plan_batches, positions, prefill
+from skiporacle.eval.model import AllocationCache, layer_view
+from skiporacle.search.allocation import Allocation
+
+
+def teacher_forced_hidden(
+    view: PreTrainedModel,
+    shared: DynamicCache,
+    runs: tuple[int, ...],
+    last_prompt_token: torch.Tensor,
+    mask: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Final (normed) hidden states [B, T, H] predicting targets [B, T] under `view`.
+
+    `shared` holds the prompt minus its last token; `mask` [B, P] covers it plus
+    the last prompt token.  Targets are right-padded; a padded position's
+    output is meaningless but cannot affect earlier positions (causal).
+    """
+    inputs = torch.cat([last_prompt_token[:, None], targets[:, :-1]], dim=1)  # [B, T]
+    full_mask = torch.cat([mask, mask.new_ones(len(mask), targets.shape[1] - 1)], dim=1)
+    pos = positions(full_mask)[:, -inputs.shape[1] :]
+    cache = AllocationCache(runs, shared)
+    out = view.base_model(input_ids=inputs, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)
+    return out.last_hidden_state
+
+
+@torch.inference_mode()
+def teacher_forced_passes(
+    model: PreTrainedModel,
+    tokenizer,
+    prompts: Sequence[str],
+    continuations: Sequence[Sequence[int]],
+    allocations: Sequence[Allocation],
+    reduce,
+) -> list[list[object]]:
+    """Apply `reduce(hidden [T_i, H], target ids [T_i], lm_head) -> value` per sequence and allocation.
+
+    Returns values [sequence][allocation].  The prompt cache of each batch is
+    computed once by the full model and shared by all allocations.
+    Continuations must be non-empty.
+    """
+    rows = encode_prompts(tokenizer, prompts)
+    results: list[list[object]] = [[None] * len(allocations) for _ in prompts]
+    head = model.get_output_embeddings()
+    heads = model.config.get_text_config().num_attention_heads
+    for batch in plan_batches([len(r) + len(c) for r, c in zip(rows, continuations)], heads):
+        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
+        width = max(len(continuations[i]) for i in batch)
+        targets = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        for b, i in enumerate(batch):
+            targets[b, : len(continuations[i])] = torch.tensor(continuations[i], dtype=torch.long)
+        shared = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        for a, allocation in enumerate(allocations):
+            view = layer_view(model, allocation.layers)
+            hidden = teacher_forced_hidden(view, shared, allocation.layers, ids[:, -1], mask, targets)
+            for b, i in enumerate(batch):
+                n = len(continuations[i])
+                results[i][a] = reduce(hidden[b, :n], targets[b, :n], head)
+    return results
+
+
+def nll(hidden: torch.Tensor, targets: torch.Tensor, head) -> float:
+    """Summed negative log-likelihood (nats) of targets [T] from hidden [T, H]."""
+    logits = head(hidden).float()
+    return float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+
+
+def greedy_agreement(hidden: torch.Tensor, targets: torch.Tensor, head) -> tuple[int, float]:
+    """(number of leading positions whose argmax equals the target, top-2 logit margin at the first miss).
+
+    The margin is inf when every position agrees; a tiny margin marks a
+    floating-point near-tie rather than a real disagreement.
+    """
+    logits = head(hidden).float()
+    miss = (logits.argmax(-1) != targets).nonzero()
+    if len(miss) == 0:
+        return len(targets), float("inf")
+    first = int(miss[0])
+    top2 = logits[first].topk(2).values
+    return first, float(top2[0] - top2[1])
+
+
+def final_hidden(hidden: torch.Tensor, targets: torch.Tensor, head) -> torch.Tensor:
+    """The hidden states themselves [T, H] (for similarity to the full model)."""
+    return hidden.clone()

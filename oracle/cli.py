@@ -1,0 +1,111 @@
+"""The `skiporacle` command: generate, oracle, dump, curves.
+
+Bad input of any kind ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from skiporacle.data.errors import BadInput
+
+DEFAULT_BUDGETS = "4,8,12,16,20,22,24,26,28,29"
+DEFAULT_SPACES = "uniform,early-exit,importance"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
+        self.exit(2, f"skiporacle: error: {message} (see --help)\n")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--task", default="xsum",
+                   help="registered task: xsum, cnndm, samsum, alpaca, self-instruct, gsm8k, wmt22:SRC-TGT (default: xsum)")
+    g.add_argument("--data", metavar="FILE", help="a local JSONL/JSON/CSV/Parquet file or saved `datasets` folder instead of --task")
+    g.add_argument("--input-field", help="with --data: the field holding the input text")
+    g.add_argument("--reference-field", help="with --data: the field holding the reference text(s)")
+    g.add_argument("--id-field", help="with --data: the field holding a unique id (default: row number)")
+    g.add_argument("--limit", type=int, default=50, help="number of sequences (default: 50)")
+    g.add_argument("--offset", type=int, default=0, help="skip this many sequences first (default: 0)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and decoding")
+    g.add_argument("--model", default="smollm2-135m",
+                   help="embedded model name (smollm2-135m) or a local Hugging Face model folder (default: smollm2-135m)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute (default: float32)")
+    g.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens per sequence at most (default: 48)")
+    g.add_argument("--metric", default=None,
+                   help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
+    g.add_argument("--prompt-under-allocation", action="store_true",
+                   help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="skiporacle", description=(
+        "For each input sequence, find the cheapest set of decoder layers that keeps the full model's quality."))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="greedy outputs and scores under one layer allocation",
+                         description="Generate greedily under one allocation and score each output against its reference.")
+    _add_data_args(gen)
+    _add_model_args(gen)
+    gen.add_argument("--layers", default="all",
+                     help="allocation: all, uniform:N (N layers kept), exit:L (layers 0..L-1), or a list like 0-10,12,15-29")
+
+    orc = sub.add_parser("oracle", help="score every candidate allocation on every sequence and pick the oracle's choice",
+                         description="Score candidate allocations per sequence; write runs/NAME/allocations.jsonl and summary.json.")
+    _add_data_args(orc)
+    _add_model_args(orc)
+    g = orc.add_argument_group("search")
+    g.add_argument("--space", default=DEFAULT_SPACES,
+                   help=f"comma-separated spaces: uniform, early-exit, random, importance, file:PATH (default: {DEFAULT_SPACES})")
+    g.add_argument("--budgets", default=DEFAULT_BUDGETS, help=f"layers kept per generated token (default: {DEFAULT_BUDGETS})")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random space (default: 0)")
+    g.add_argument("--calibration", type=int, default=8,
+                   help="sequences after the evaluated ones used to rank layer importance (default: 8)")
+    g.add_argument("--tolerance", type=float, default=0.0,
+                   help="rule oracle: a candidate matches if its score >= full score - tolerance (default: 0)")
+    g = orc.add_argument_group("run")
+    g.add_argument("--out", default="runs/default", help="run folder (default: runs/default)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out; ids already done are skipped")
+    g.add_argument("--workers", type=int, default=1, help="worker processes (joblib), each loading the model once (default: 1)")
+    g.add_argument("--scheduler", metavar="TCP://HOST:PORT", help="run the workers on this Dask cluster (needs .[dask])")
+
+    dmp = sub.add_parser("dump", help="export a run as one row per sequence x candidate",
+                         description="Export runs/NAME/allocations.jsonl as a table, one row per sequence and candidate.")
+    dmp.add_argument("--run", required=True, help="run folder")
+    dmp.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default: csv)")
+    dmp.add_argument("--output", help="output file (default: RUN/allocations.csv or .parquet)")
+
+    cur = sub.add_parser("curves", help="compute-vs-quality curves of a run (curves.csv, curves.png, similarity.png)",
+                         description="Plot mean score against mean %% of layers per generated token, with 95 %% bootstrap bands.")
+    cur.add_argument("--run", required=True, help="run folder")
+    cur.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default: 200)")
+    cur.add_argument("--similarity", type=int, default=16,
+                     help="sequences used for similarity.png (0 to skip; default: 16)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        from skiporacle.oracle import commands
+
+        return getattr(commands, args.command)(args)
+    except BadInput as err:
+        print(f"skiporacle: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("skiporacle: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The subcommands behind `skiporacle`: each takes parsed arguments and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from skiporacle.data.errors import BadInput
+from skiporacle.oracle.records import load_run
+from skiporacle.oracle.run import OracleSettings, run_oracle
+from skiporacle.oracle.setup import load_examples, load_inputs, load_model_cached
+from skiporacle.search.spaces import parse_budgets, parse_spaces
+
+
+def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: tuple[int, ...] = ()) -> OracleSettings:
+    for name, value, low in (("--limit", args.limit, 1), ("--offset", args.offset, 0),
+                             ("--max-new-tokens", args.max_new_tokens, 1),
+                             ("--calibration", getattr(args, "calibration", 0), 0),
+                             ("--workers", getattr(args, "workers", 1), 1)):
+        if value < low:
+            raise BadInput(f"{name} must be at least {low}, got {value}")
+    if args.data and not (args.input_field and args.reference_field):
+        raise BadInput("--data needs --input-field and --reference-field")
+    settings = OracleSettings(
+        model=args.model, task=args.task if not args.data else "file", data_file=args.data,
+        input_field=args.input_field, reference_field=args.reference_field, id_field=args.id_field,
+        limit=args.limit, offset=args.offset, spaces=spaces, budgets=budgets, metric=args.metric or "",
+        max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=getattr(args, "seed", 0),
+        tolerance=getattr(args, "tolerance", 0.0), calibration=getattr(args, "calibration", 0),
+        prompt_under_allocation=args.prompt_under_allocation,
+    )
+    if not settings.metric:
+        task, _ = load_examples(settings, 1, 0)
+        settings = _replace(settings, metric=task.metric)
+    from skiporacle.eval.metrics import METRICS
+
+    if settings.metric not in METRICS:
+        raise BadInput(f"unknown metric {settings.metric!r}; choose from {', '.join(METRICS)}")
+    return settings
+
+
+def _replace(settings: OracleSettings, **changes) -> OracleSettings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Greedy outputs under one allocation, each with its score, then the mean."""
+    from skiporacle.eval.generate import generate as run_generate
+    from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
+    from skiporacle.search.allocation import parse_spec
+
+    settings = _settings(args)
+    inputs = load_inputs(settings)
+    allocation = parse_spec(args.layers, inputs.num_layers)
+    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    start = time.perf_counter()
+    outputs = run_generate(model, tokenizer, inputs.prompts, allocation, settings.max_new_tokens,
+                           settings.prompt_under_allocation, progress=True)
+    seconds = time.perf_counter() - start
+    texts = [g.text for g in outputs]
+    scores = sequence_scores(settings.metric, texts, inputs.references)
+    for example_id, text, score, g in zip(inputs.ids, texts, scores, outputs):
+        print(f"[{example_id}] {settings.metric}={score:.2f} ({len(g.tokens)} tokens)\n  {text}")
+    tokens = sum(len(g.tokens) for g in outputs)
+    print(f"\nallocation {allocation.spec}: {allocation.cost}/{allocation.num_layers} layers "
+          f"({100 * allocation.fraction:.1f} %) per generated token")
+    print(f"mean {settings.metric} = {sum(scores) / len(scores):.2f} over {len(scores)} sequences; "
+          f"{tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tokens/s)")
+    if settings.metric.startswith("rouge") or settings.metric in ("bleu", "chrf"):
+        corpus = all_corpus_scores(texts, inputs.references)
+        print("corpus: " + ", ".join(f"{k} {v:.2f}" for k, v in corpus.items()))
+    return 0
+
+
+def oracle(args: argparse.Namespace) -> int:
+    """Run or resume the oracle search into --out."""
+    spaces = tuple(parse_spaces(args.space))
+    budgets = tuple(parse_budgets(args.budgets, 10**6))
+    if args.scheduler and not args.scheduler.startswith("tcp://"):
+        raise BadInput(f"--scheduler {args.scheduler!r}: expected tcp://HOST:PORT")
+    settings = _settings(args, spaces, budgets)
+    out = Path(args.out)
+    summary = run_oracle(settings, out, resume=args.resume, workers=args.workers, scheduler=args.scheduler)
+    rule, exact, knap = summary["rule"], summary["rule_exact"], summary["knapsack"]
+    reach = knap["percent_layers_at_full_quality"]
+    print(f"skiporacle: {summary['sequences']} sequences in {out / 'allocations.jsonl'} "
+          f"({summary['resumed_sequences']} resumed), summary in {out / 'summary.json'}")
+    print(f"full model: mean {summary['metric']} {summary['full_mean_score']:.2f}")
+    print(f"rule (score >= full - {settings.tolerance:g}): {rule['mean_percent_layers']:.1f} % of layers, "
+          f"mean {rule['mean_score']:.2f}; exact-output rule: {exact['mean_percent_layers']:.1f} %")
+    print("knapsack: full quality at " + (f"{reach:.1f} % of layers" if reach is not None else "no budget"))
+    return 0
+
+
+def dump(args: argparse.Namespace) -> int:
+    """Export one row per sequence x candidate as CSV or Parquet."""
+    import pyarrow as pa
+
+    out = Path(args.run)
+    _, records, _ = load_run(out)
+    if not records:
+        raise BadInput(f"{str(out)!r} holds no finished sequence yet")
+    rows = []
+    for r in records:
+        base = {"id": r["id"], "full_score": r["full"]["score"], "full_output": r["full"]["output"],
+                "choice_tolerance": r["choice"]["tolerance"], "choice_exact": r["choice"]["exact"]}
+        for c in r["candidates"] + [{**r["full"], "spec": "all", "fraction": 1.0, "identical": True}]:
+            rows.append({**base, "spec": c["spec"], "cost": c["cost"], "fraction": c["fraction"],
+                         "score": c["score"], "tokens": c["tokens"], "identical": c["identical"],
+                         "output": c["output"]})
+    table = pa.Table.from_pylist(rows)
+    target = Path(args.output) if args.output else out / f"allocations.{args.format}"
+    if args.format == "csv":
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(table, target)
+    else:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, target)
+    print(f"skiporacle: {len(rows)} rows ({len(records)} sequences) written to {target}")
+    return 0
+
+
+def curves(args: argparse.Namespace) -> int:
+    """Write curves.csv, curves.png and similarity.png for a run."""
+    from skiporacle.oracle.curves import similarity, write_curves, write_similarity
+
+    out = Path(args.run)
+    settings, records, _ = load_run(out)
+    if not records:
+        raise BadInput(f"{str(out)!r} holds no finished sequence yet")
+    if args.resamples < 1:
+        raise BadInput(f"--resamples must be at least 1, got {args.resamples}")
+    csv_path, png_path = write_curves(out, records, settings, args.resamples)
+    print(f"skiporacle: wrote {csv_path} and {png_path}")
+    if args.similarity > 0:
+        model, tokenizer = load_model_cached(settings["model"], settings["dtype"])
+        n_layers = records[0]["full"]["cost"]
+        budgets = [b for b in settings["budgets"] if b < n_layers]
+        sims = similarity(model, tokenizer, records[: args.similarity], budgets)
+        path = write_similarity(out, sims, n_layers, f"{settings['model']} on {settings['task']}")
+        print(f"skiporacle: wrote {path}")
+    return 0

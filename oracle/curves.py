@@ -1,0 +1,132 @@
+"""Compute-vs-quality curves of a run, and the hidden-state similarity figure.
+
+x is the mean % of decoder layers per generated token, y the mean metric.
+Bands are 95 % percentile bootstrap intervals over sequences.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from skiporacle.eval.model import num_layers  # noqa: E402
+from skiporacle.eval.teacher import final_hidden, teacher_forced_passes  # noqa: E402
+from skiporacle.oracle.select import bootstrap_means, cheapest_identical, cheapest_matching, knapsack  # noqa: E402
+from skiporacle.oracle.summary import score_matrix, space_of  # noqa: E402
+from skiporacle.search.allocation import early_exit, uniform  # noqa: E402
+
+FIELDS = ("series", "spec", "percent_layers", "mean_score", "low", "high")
+
+
+def curve_rows(records: list[dict], tolerance: float, resamples: int, seed: int = 0) -> list[dict]:
+    """One row per plotted point: static candidates by space, knapsack curve, rule points, full model."""
+    specs, costs, scores, identical, full = score_matrix(records)
+    n, n_layers = len(records), costs[-1]
+    rows = []
+
+    def point(series, spec, layers, values):
+        lo, hi = bootstrap_means(values, resamples, seed)
+        rows.append({"series": series, "spec": spec, "percent_layers": 100 * layers / n_layers,
+                     "mean_score": float(values.mean()), "low": lo, "high": hi})
+
+    for k, (spec, cost) in enumerate(zip(specs[:-1], costs[:-1])):
+        point(space_of(spec), spec, cost, scores[:, k])
+    point("full", "all", n_layers, full)
+    for series, choice in (("rule", cheapest_matching(scores, costs, full, tolerance)),
+                           ("rule-exact", cheapest_identical(identical, scores, costs))):
+        chosen = np.where(choice >= 0, choice, len(costs) - 1)
+        mean_layers = float(np.mean([costs[k] for k in chosen]))
+        point(series, series, mean_layers, scores[np.arange(n), chosen])
+    curve = knapsack(scores, costs)
+    rng = np.random.default_rng(seed)
+    boots = [knapsack(scores[rng.integers(0, n, n)], costs) for _ in range(min(resamples, 100))]
+    for step in range(0, 4 * n_layers + 1):
+        m = step / 4
+        y = curve.mean_score_at(m)
+        if not np.isfinite(y):
+            continue
+        ys = [b.mean_score_at(m) for b in boots]
+        lo, hi = (np.percentile(ys, 2.5), np.percentile(ys, 97.5)) if all(np.isfinite(ys)) else (np.nan, np.nan)
+        rows.append({"series": "knapsack", "spec": f"budget:{m:g}", "percent_layers": 100 * m / n_layers,
+                     "mean_score": y, "low": float(lo), "high": float(hi)})
+    return rows
+
+
+def write_curves(out: Path, records: list[dict], settings: dict, resamples: int) -> tuple[Path, Path]:
+    """Write curves.csv and curves.png into the run folder."""
+    rows = curve_rows(records, settings["tolerance"], resamples, settings["seed"])
+    csv_path, png_path = out / "curves.csv", out / "curves.png"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    full = next(r for r in rows if r["series"] == "full")
+    for series in ("uniform", "early-exit", "importance", "random", "file", "knapsack"):
+        pts = sorted((r for r in rows if r["series"] == series), key=lambda r: r["percent_layers"])
+        if not pts:
+            continue
+        if series != "knapsack":
+            pts.append(full)
+        x = [p["percent_layers"] for p in pts]
+        line = ax.plot(x, [p["mean_score"] for p in pts], marker="" if series == "knapsack" else "o",
+                       ms=4, label="knapsack oracle" if series == "knapsack" else f"static {series}")[0]
+        ax.fill_between(x, [p["low"] for p in pts], [p["high"] for p in pts], color=line.get_color(), alpha=0.15)
+    for series, marker in (("rule", "*"), ("rule-exact", "D")):
+        r = next(r for r in rows if r["series"] == series)
+        ax.errorbar(r["percent_layers"], r["mean_score"], yerr=[[r["mean_score"] - r["low"]], [r["high"] - r["mean_score"]]],
+                    marker=marker, ms=11 if marker == "*" else 7, ls="", label=f"per-sequence {series}", zorder=5)
+    ax.axhline(full["mean_score"], color="black", ls="--", lw=1, label="full model")
+    ax.set_xlabel("mean % of layers per generated token")
+    ax.set_ylabel(f"mean {settings['metric']} (0-100)")
+    ax.set_title(f"{settings['model']} on {settings['task']} (N={len(records)})")
+    ax.set_xlim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return csv_path, png_path
+
+
+def similarity(model, tokenizer, records: list[dict], budgets: list[int]) -> dict[str, list[tuple[int, float]]]:
+    """Mean cosine similarity of the final hidden state to the full model's, teacher-forced on the full output.
+
+    Returns {"uniform": [(layers, cosine)], "early-exit": [...]} for each budget.
+    """
+    n_layers = num_layers(model)
+    kept = [r for r in records if r["full"]["token_ids"]]
+    allocations = [uniform(n_layers, n_layers)]
+    allocations += [uniform(b, n_layers) for b in budgets] + [early_exit(b, n_layers) for b in budgets]
+    hidden = teacher_forced_passes(model, tokenizer, [r["prompt"] for r in kept],
+                                   [r["full"]["token_ids"] for r in kept], allocations, final_hidden)
+    result: dict[str, list[tuple[int, float]]] = {"uniform": [], "early-exit": []}
+    for a, allocation in enumerate(allocations[1:], start=1):
+        cos = torch.cat([torch.nn.functional.cosine_similarity(row[a], row[0], dim=-1) for row in hidden])
+        result["uniform" if allocation.spec.startswith("uniform") else "early-exit"].append(
+            (allocation.cost, float(cos.mean())))
+    return result
+
+
+def write_similarity(out: Path, sims: dict[str, list[tuple[int, float]]], n_layers: int, title: str) -> Path:
+    """Plot similarity.png: cosine to the full model's final hidden state against % of layers."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, pts in sims.items():
+        ax.plot([100 * c / n_layers for c, _ in pts], [s for _, s in pts], marker="o", label=name)
+    ax.set_xlabel("% of layers per generated token")
+    ax.set_ylabel("mean cosine similarity to full model")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / "similarity.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,120 @@
+"""The run folder: settings fingerprint, crash-safe allocation records, summary.
+
+Layout of `runs/NAME/`:
+  settings.json      every setting that changes a record (the resume fingerprint)
+  importance.json    the calibrated layer ranking, when the importance space is used
+  allocations.jsonl  one JSON record per finished sequence, appended and fsynced
+  summary.json       aggregates and timings, rewritten at the end of a run
+
+A record reaches disk whole or is detected as torn: on resume a last line that
+is incomplete or unparsable is cut off; a bad line elsewhere is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from skiporacle.data.errors import BadInput
+
+ALLOCATIONS = "allocations.jsonl"
+SETTINGS = "settings.json"
+SUMMARY = "summary.json"
+IMPORTANCE = "importance.json"
+
+
+def write_json_atomic(path: Path, value: object) -> None:
+    """Write JSON to path via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def check_writable(out: Path) -> None:
+    """Create `out` if needed and make sure files can be written there (BadInput otherwise)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".probe{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise BadInput(f"output folder {str(out)!r} is not writable ({err.strerror or err})") from None
+
+
+def open_run(out: Path, settings: dict, resume: bool) -> set[str]:
+    """Prepare `out` for a run with `settings`; return the ids already done.
+
+    Without `resume`, a folder that already holds records is refused (nothing
+    is overwritten).  With it, the stored settings must equal `settings`.
+    Bad input raises BadInput before any file is touched.
+    """
+    path = out / ALLOCATIONS
+    stored_path = out / SETTINGS
+    if path.exists() and path.stat().st_size > 0 and not resume:
+        raise BadInput(f"{str(out)!r} already holds a run; pass --resume to continue it, or choose another --out")
+    if resume and stored_path.exists():
+        stored = json.loads(stored_path.read_text(encoding="utf-8"))
+        diff = [k for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]
+        if diff:
+            k = diff[0]
+            raise BadInput(
+                f"--resume: {str(out)!r} was made with different settings ({k}: {stored.get(k)!r} there, {settings.get(k)!r} now)"
+            )
+    check_writable(out)
+    if not stored_path.exists():
+        write_json_atomic(stored_path, settings)
+    return {r["id"] for r in read_records(out, repair=True)}
+
+
+def read_records(out: Path, repair: bool = False) -> list[dict]:
+    """All complete records of a run, in file order.
+
+    With `repair`, a torn last line (a crash mid-write) is cut from the file.
+    """
+    path = out / ALLOCATIONS
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records, good_end, start = [], 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        line = data[start:] if end < 0 else data[start:end]
+        try:
+            if end < 0:
+                raise ValueError("no newline")
+            records.append(json.loads(line))
+        except ValueError:
+            if end >= 0 and data[end + 1 :].strip():
+                raise BadInput(f"{str(path)!r}: line {len(records) + 1} is corrupt (not a torn last line)") from None
+            break
+        good_end = start = end + 1
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            os.fsync(f.fileno())
+    return records
+
+
+def append_records(out: Path, records: Iterable[dict]) -> None:
+    """Append records, one JSON line each, and force them to disk."""
+    with open(out / ALLOCATIONS, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_run(out: Path) -> tuple[dict, list[dict], dict | None]:
+    """(settings, records, summary or None) of a finished or partial run; BadInput if it is no run."""
+    if not (out / SETTINGS).exists():
+        raise BadInput(f"{str(out)!r} is not a skiporacle run folder (no {SETTINGS})")
+    settings = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+    summary_path = out / SUMMARY
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None
+    return settings, read_records(out), summary

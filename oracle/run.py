@@ -1,0 +1,231 @@
+"""The oracle run: data -> candidate allocations -> batched scoring -> records -> summary.
+
+Sequences are scored in prefill batches planned once from all prompts, so a
+sequence's batch, and therefore every floating-point result, is the same
+whether the run is resumed, split over workers, or done in one go.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from skiporacle.data.errors import BadInput
+from skiporacle.eval.candidates import Candidate, score_candidates
+from skiporacle.eval.generate import encode_prompts, plan_batches
+from skiporacle.eval.importance import measure_importance
+from skiporacle.eval.model import num_layers
+from skiporacle.oracle.select import cheapest_identical, cheapest_matching
+from skiporacle.oracle.records import IMPORTANCE, append_records, check_writable, open_run, write_json_atomic
+from skiporacle.oracle.setup import RunInputs, load_inputs, load_model_cached
+from skiporacle.oracle.summary import summarize
+from skiporacle.search.allocation import Allocation, full
+from skiporacle.search.spaces import (
+    early_exit_space,
+    file_space,
+    importance_space,
+    random_space,
+    uniform_space,
+)
+
+
+@dataclass(frozen=True)
+class OracleSettings:
+    """Everything that determines the records of a run (stored as its resume fingerprint)."""
+
+    model: str
+    task: str
+    data_file: str | None
+    input_field: str | None
+    reference_field: str | None
+    id_field: str | None
+    limit: int
+    offset: int
+    spaces: tuple[str, ...]
+    budgets: tuple[int, ...]
+    metric: str
+    max_new_tokens: int
+    dtype: str
+    seed: int
+    tolerance: float
+    calibration: int
+    prompt_under_allocation: bool
+
+
+def build_candidates(settings: OracleSettings, inputs: RunInputs, out: Path, progress: bool) -> list[Allocation]:
+    """Candidate allocations of all spaces, deduplicated by layer set; the full model comes last."""
+    n = inputs.num_layers
+    if settings.budgets and max(settings.budgets) > n:
+        raise BadInput(f"budget {max(settings.budgets)} out of range: the model has {n} layers (use 1-{n})")
+    allocations: list[Allocation] = []
+    for space in settings.spaces:
+        name, _, arg = space.partition(":")
+        if name == "uniform":
+            allocations += uniform_space(settings.budgets, n)
+        elif name == "early-exit":
+            allocations += early_exit_space(settings.budgets, n)
+        elif name == "random":
+            allocations += random_space(settings.budgets, n, settings.seed)
+        elif name == "importance":
+            allocations += importance_space(settings.budgets, _drop_order(settings, inputs, out, progress))
+        elif name == "file":
+            allocations += file_space(arg, n)
+    seen, unique = {full(n).layers}, []
+    for allocation in allocations:
+        if allocation.layers not in seen:
+            seen.add(allocation.layers)
+            unique.append(allocation)
+    return unique + [full(n)]
+
+
+def _drop_order(settings: OracleSettings, inputs: RunInputs, out: Path, progress: bool) -> tuple[int, ...]:
+    """The importance drop order, measured once per run folder on the calibration split."""
+    path = out / IMPORTANCE
+    if path.exists():
+        return tuple(json.loads(path.read_text(encoding="utf-8"))["drop_order"])
+    if not inputs.calibration_prompts:
+        raise BadInput("the importance space needs calibration examples after the evaluated ones; lower --limit or --offset")
+    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    ranking = measure_importance(model, tokenizer, inputs.calibration_prompts, settings.max_new_tokens, progress)
+    write_json_atomic(
+        path,
+        {
+            "calibration_ids": inputs.calibration_ids,
+            "full_perplexity": ranking.full_perplexity,
+            "perplexity_without": list(ranking.perplexity_without),
+            "tokens": ranking.tokens,
+            "drop_order": list(ranking.drop_order),
+        },
+    )
+    return ranking.drop_order
+
+
+def score_batch(settings: OracleSettings, prompts: list[str], references: list[list[str]], allocations: list[Allocation], threads: int, progress: bool) -> list[list[Candidate]]:
+    """Score one prefill batch (runs in the main process or a worker)."""
+    torch.set_num_threads(threads)
+    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    return score_candidates(
+        model, tokenizer, prompts, references, allocations, settings.metric, settings.max_new_tokens,
+        settings.prompt_under_allocation, progress,
+    )
+
+
+def make_record(example_id: str, prompt: str, references: list[str], candidates: list[Candidate], tolerance: float) -> dict:
+    """The JSON record of one sequence; the last candidate is the full model."""
+    *skipped, reference = candidates
+    rows = [
+        {
+            "spec": c.allocation.spec,
+            "layers": list(c.allocation.layers),
+            "cost": c.allocation.cost,
+            "fraction": c.allocation.fraction,
+            "output": c.output,
+            "tokens": len(c.tokens),
+            "score": c.score,
+            "identical": c.tokens == reference.tokens,
+        }
+        for c in skipped
+    ]
+    scores = np.array([[c.score for c in candidates]])
+    costs = [c.allocation.cost for c in candidates]
+    identical = np.array([[c.tokens == reference.tokens for c in candidates]])
+    specs = [r["spec"] for r in rows] + ["all"]
+    return {
+        "id": example_id,
+        "prompt": prompt,
+        "references": references,
+        "full": {"output": reference.output, "tokens": len(reference.tokens), "score": reference.score,
+                 "cost": reference.allocation.cost, "token_ids": list(reference.tokens)},
+        "candidates": rows,
+        "choice": {
+            "tolerance": specs[cheapest_matching(scores, costs, scores[:, -1], tolerance)[0]],
+            "exact": specs[cheapest_identical(identical, scores, costs)[0]],
+        },
+    }
+
+
+def run_oracle(
+    settings: OracleSettings, out: Path, resume: bool = False, workers: int = 1, scheduler: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run (or resume) the oracle into `out`; return the summary (also written to summary.json)."""
+    start = time.perf_counter()
+    check_writable(out)
+    inputs = load_inputs(settings)
+    allocations = build_candidates(settings, inputs, out, progress)
+    done = open_run(out, _fingerprint(settings, allocations), resume)
+    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    lengths = [len(r) for r in encode_prompts(tokenizer, inputs.prompts)]
+    batches = plan_batches(lengths, model.config.get_text_config().num_attention_heads)
+    todo = [b for b in batches if any(inputs.ids[i] not in done for i in b)]
+    resumed = len(done)
+    bar = tqdm(total=len(inputs.ids), initial=resumed, unit="seq", desc="oracle", disable=not progress)
+    for batch, table in _scored_batches(settings, inputs, allocations, todo, workers, scheduler, progress):
+        records = [
+            make_record(inputs.ids[i], inputs.prompts[i], list(inputs.references[i]), row, settings.tolerance)
+            for i, row in zip(batch, table)
+            if inputs.ids[i] not in done
+        ]
+        append_records(out, records)
+        done.update(r["id"] for r in records)
+        bar.update(len(records))
+    bar.close()
+    summary = summarize(out, settings_dict=asdict(settings), wall_seconds=time.perf_counter() - start,
+                        extra={"workers": workers, "resumed_sequences": resumed, "machine": _machine()})
+    return summary
+
+
+def _scored_batches(settings, inputs, allocations, todo, workers, scheduler, progress):
+    """Yield (batch indices, candidates table) for each batch to do, in the main process or via joblib."""
+    def args(batch, threads, inner_progress):
+        return (settings, [inputs.prompts[i] for i in batch], [list(inputs.references[i]) for i in batch],
+                allocations, threads, inner_progress)
+
+    if workers <= 1 and scheduler is None:
+        for batch in todo:
+            yield batch, score_batch(*args(batch, torch.get_num_threads(), progress))
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    backend = "dask" if scheduler else "loky"
+    if scheduler:
+        from distributed import Client
+
+        client = Client(scheduler)  # noqa: F841  (joblib's dask backend uses the current client)
+    with parallel_config(backend=backend, n_jobs=workers):
+        results = Parallel(return_as="generator_unordered")(
+            delayed(_indexed)(n, score_batch, *args(batch, threads, False)) for n, batch in enumerate(todo)
+        )
+        for n, table in results:
+            yield todo[n], table
+
+
+def _indexed(n, fn, *args):
+    return n, fn(*args)
+
+
+def _fingerprint(settings: OracleSettings, allocations: list[Allocation]) -> dict:
+    fingerprint = asdict(settings)
+    fingerprint["spaces"] = list(settings.spaces)
+    fingerprint["budgets"] = list(settings.budgets)
+    fingerprint["candidates"] = [[a.spec, list(a.layers)] for a in allocations]
+    return fingerprint
+
+
+def _machine() -> dict:
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+def mean(values) -> float:
+    values = list(values)
+    return math.fsum(values) / len(values) if values else float("nan")

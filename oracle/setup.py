@@ -1,0 +1,68 @@
+"""Inputs of a run: the model (loaded once per process) and the prompts of the evaluated and calibration splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from skiporacle.data.errors import BadInput
+from skiporacle.data.prompts import fit_prompt
+from skiporacle.data.tasks import Example, Task, load_file, load_task
+from skiporacle.eval.model import load_model, num_layers
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@lru_cache(maxsize=2)
+def load_model_cached(name: str, dtype: str):
+    """(model, tokenizer), loaded once per process: joblib and Dask workers reuse it across batches."""
+    return load_model(name, DTYPES[dtype])
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    task: Task
+    ids: list[str]
+    prompts: list[str]
+    references: list[tuple[str, ...]]
+    calibration_ids: list[str]
+    calibration_prompts: list[str]
+    num_layers: int
+    truncated: int  # prompts whose source was shortened to fit the context
+
+
+def load_examples(settings, limit: int, offset: int) -> tuple[Task, list[Example]]:
+    """The task's examples[offset:offset+limit], from the registry or a user's file."""
+    if settings.data_file:
+        return load_file(settings.data_file, settings.input_field, settings.reference_field, settings.id_field,
+                         limit=limit, offset=offset)
+    return load_task(settings.task, limit=limit, offset=offset)
+
+
+def load_inputs(settings) -> RunInputs:
+    """Load the evaluated examples and, after them, up to `settings.calibration` disjoint calibration examples."""
+    task, examples = load_examples(settings, settings.limit, settings.offset)
+    try:
+        _, calibration = load_examples(settings, settings.calibration, settings.offset + settings.limit)
+    except BadInput:  # no examples left after the evaluated ones
+        calibration = []
+    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or tokenizer.model_max_length
+    budget = context - settings.max_new_tokens
+    fitted = [fit_prompt(task, e, tokenizer, budget) for e in examples]
+    truncated = sum(t for _, t in fitted)
+    if truncated:
+        print(f"skiporacle: warning: {truncated} prompt(s) truncated to fit the {context}-token context")
+    calibration_prompts = [fit_prompt(task, e, tokenizer, budget)[0] for e in calibration]
+    return RunInputs(
+        task=task,
+        ids=[e.id for e in examples],
+        prompts=[p for p, _ in fitted],
+        references=[e.references for e in examples],
+        calibration_ids=[e.id for e in calibration],
+        calibration_prompts=calibration_prompts,
+        num_layers=num_layers(model),
+        truncated=truncated,
+    )

@@ -1,0 +1,101 @@
+"""Allocation spaces: families of candidate allocations, one or more per layer budget.
+
+A budget is a number of layers kept per generated token.  Spaces are pure
+functions of (budgets, number of layers, and their own parameters); measuring
+anything on a model (the importance order) happens in `eval/`, and its result
+is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Sequence
+
+from skiporacle.data.errors import BadInput
+from skiporacle.search.allocation import Allocation, early_exit, parse_spec, uniform
+
+SPACES: tuple[str, ...] = ("uniform", "early-exit", "random", "importance", "file")
+
+
+def uniform_space(budgets: Sequence[int], num_layers: int) -> list[Allocation]:
+    """The paper's uniform layer skipping at each budget."""
+    return [uniform(b, num_layers) for b in budgets]
+
+
+def early_exit_space(budgets: Sequence[int], num_layers: int) -> list[Allocation]:
+    """Exit after `b` layers, for each budget b."""
+    return [early_exit(b, num_layers) for b in budgets]
+
+
+def random_space(budgets: Sequence[int], num_layers: int, seed: int) -> list[Allocation]:
+    """One seeded random subset per budget; layer 0 always kept."""
+    rng = random.Random(seed)
+    out = []
+    for b in budgets:
+        if not 1 <= b <= num_layers:
+            raise BadInput(f"budget {b} out of range: the model has {num_layers} layers")
+        rest = sorted(rng.sample(range(1, num_layers), b - 1))
+        out.append(Allocation((0, *rest), num_layers, f"random{seed}:{','.join(map(str, (0, *rest)))}"))
+    return out
+
+
+def importance_space(budgets: Sequence[int], drop_order: Sequence[int]) -> list[Allocation]:
+    """Keep `b` layers by dropping layers in `drop_order` (least damaging first)."""
+    n = len(drop_order)
+    out = []
+    for b in budgets:
+        if not 1 <= b <= n:
+            raise BadInput(f"budget {b} out of range: the model has {n} layers")
+        dropped = set(drop_order[: n - b])
+        layers = tuple(i for i in range(n) if i not in dropped)
+        out.append(Allocation(layers, n, f"importance:{b}"))
+    return out
+
+
+def file_space(path: str | Path, num_layers: int) -> list[Allocation]:
+    """Allocations from a JSON file: a list of layer specs or of layer-index lists."""
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"allocation file {str(path)!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadInput(f"allocation file {str(path)!r} is not valid JSON ({err})") from None
+    if not isinstance(items, list) or not items:
+        raise BadInput(f"allocation file {str(path)!r} must hold a non-empty JSON list of specs or layer lists")
+    out = []
+    for item in items:
+        if isinstance(item, list) and all(isinstance(i, int) for i in item):
+            spec = ",".join(map(str, sorted(set(item))))
+        elif isinstance(item, str):
+            spec = item
+        else:
+            raise BadInput(f"allocation file {str(path)!r}: {item!r} is neither a spec nor a list of layer indices")
+        out.append(parse_spec(spec, num_layers))
+    return out
+
+
+def parse_budgets(text: str, num_layers: int) -> list[int]:
+    """`4,8,12` -> [4, 8, 12]; every budget must lie in 1..num_layers."""
+    try:
+        budgets = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        raise BadInput(f"budgets {text!r}: expected comma-separated integers like 4,8,12") from None
+    if not budgets:
+        raise BadInput("budgets: none given")
+    bad = [b for b in budgets if not 1 <= b <= num_layers]
+    if bad:
+        raise BadInput(f"budget {bad[0]} out of range: the model has {num_layers} layers (use 1-{num_layers})")
+    return budgets
+
+
+def parse_spaces(text: str) -> list[str]:
+    """`uniform,importance` -> ["uniform", "importance"]; `file:PATH` is allowed."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    for name in names:
+        if name.split(":", 1)[0] not in SPACES:
+            raise BadInput(f"unknown space {name!r}; choose from {', '.join(SPACES)} (file as file:PATH)")
+    if not names:
+        raise BadInput("no allocation space given")
+    return names
