@@ -23,7 +23,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
-from skiporacle.eval.model import AllocationCache, layer_view
+from skiporacle.eval.cache import AllocationCache
+from skiporacle.eval.model import layer_view
 from skiporacle.search.allocation import Allocation
 
 # Per prefill batch: at most this many padded prompt tokens, and attention
@@ -174,10 +175,9 @@ def generate_candidates(
         shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
         for a, allocation in enumerate(allocations):
             view = layer_view(model, allocation.layers)
+            cache = AllocationCache(allocation.layers, shared, reserve=max_new_tokens + 1)
             if shared is None:
-                cache = prefill(view, ids[:, :-1], mask[:, :-1], AllocationCache(allocation.layers))
-            else:
-                cache = AllocationCache(allocation.layers, shared)
+                prefill(view, ids[:, :-1], mask[:, :-1], cache)
             generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos)
             for i, tokens in zip(batch, generated):
                 results[i][a] = Generation(tuple(tokens), _text(tokenizer, tokens, eos))

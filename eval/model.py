@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from skiporacle.data.errors import BadInput
@@ -170,35 +170,6 @@ def _sliced_config(config, layers: tuple[int, ...]):
     if hasattr(config, "num_hidden_layers"):
         sliced.num_hidden_layers = len(layers)
     return sliced
-
-
-class AllocationCache(DynamicCache):
-    """A DynamicCache for a model that runs only some layers.
-
-    Entries stay indexed by each module's own `layer_idx`.  transformers reads
-    the cache length from layer 0 (positions, mask sizes); when that layer is
-    skipped its entry is stale or absent, so lengths are read from the first
-    layer that runs instead.
-    """
-
-    def __init__(self, runs: tuple[int, ...], prompt_cache: DynamicCache | None = None):
-        super().__init__()
-        self.reference_layer = runs[0]
-        self._runs = frozenset(runs)
-        if prompt_cache is not None:
-            # Shares the prompt's tensors: updates concatenate into new tensors, never write in place.
-            for layer in prompt_cache.layers:
-                clone = copy.copy(layer)
-                self.layers.append(clone)
-
-    def _reference(self, layer_idx: int) -> int:
-        return layer_idx if layer_idx in self._runs else self.reference_layer
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return super().get_seq_length(self._reference(layer_idx))
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
-        return super().get_mask_sizes(query_length, self._reference(layer_idx))
 
 
 def allocation_view(model: PreTrainedModel, allocation: Allocation) -> PreTrainedModel:

@@ -17,7 +17,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.generate import encode_prompts, left_pad, plan_batches, positions, prefill
-from skiporacle.eval.model import AllocationCache, layer_view
+from skiporacle.eval.cache import AllocationCache
+from skiporacle.eval.model import layer_view
 from skiporacle.search.allocation import Allocation
 
 
@@ -38,7 +39,7 @@ def teacher_forced_hidden(
     inputs = torch.cat([last_prompt_token[:, None], targets[:, :-1]], dim=1)  # [B, T]
     full_mask = torch.cat([mask, mask.new_ones(len(mask), targets.shape[1] - 1)], dim=1)
     pos = positions(full_mask)[:, -inputs.shape[1] :]
-    cache = AllocationCache(runs, shared)
+    cache = AllocationCache(runs, shared, reserve=0)
     out = view.base_model(input_ids=inputs, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)
     return out.last_hidden_state
 

@@ -10,8 +10,8 @@ from torch import nn
 from transformers import DynamicCache
 
 from skiporacle.data.errors import BadInput
+from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.model import (
-    AllocationCache,
     allocation_view,
     decoder_layers,
     layer_view,
