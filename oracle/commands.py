@@ -113,14 +113,19 @@ def dump(args: argparse.Namespace) -> int:
                          "output": c["output"]})
     table = pa.Table.from_pylist(rows)
     target = Path(args.output) if args.output else out / f"allocations.{args.format}"
-    if args.format == "csv":
-        import pyarrow.csv as pcsv
+    if not target.parent.is_dir():
+        raise BadInput(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
+    try:
+        if args.format == "csv":
+            import pyarrow.csv as pcsv
 
-        pcsv.write_csv(table, target)
-    else:
-        import pyarrow.parquet as pq
+            pcsv.write_csv(table, target)
+        else:
+            import pyarrow.parquet as pq
 
-        pq.write_table(table, target)
+            pq.write_table(table, target)
+    except OSError as err:
+        raise BadInput(f"cannot write {str(target)!r} ({err.strerror or err})") from None
     print(f"skiporacle: {len(rows)} rows ({len(records)} sequences) written to {target}")
     return 0
 

@@ -51,25 +51,42 @@ def open_run(out: Path, settings: dict, resume: bool) -> set[str]:
     """Prepare `out` for a run with `settings`; return the ids already done.
 
     Without `resume`, a folder that already holds records is refused (nothing
-    is overwritten).  With it, the stored settings must equal `settings`.
-    Bad input raises BadInput before any file is touched.
+    is overwritten); one without records (a run killed before its first
+    record) is started afresh, its stale settings and importance ranking
+    dropped.  With `resume`, the stored settings must equal `settings`.
+    Refusals raise BadInput before any file is touched.
     """
     path = out / ALLOCATIONS
     stored_path = out / SETTINGS
-    if path.exists() and path.stat().st_size > 0 and not resume:
+    has_records = path.exists() and path.stat().st_size > 0
+    if has_records and not resume:
         raise BadInput(f"{str(out)!r} already holds a run; pass --resume to continue it, or choose another --out")
     if resume and stored_path.exists():
         stored = json.loads(stored_path.read_text(encoding="utf-8"))
-        diff = [k for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]
+        diff = [k for k in sorted(set(stored) | set(settings)) if k != "candidates" and stored.get(k) != settings.get(k)]
         if diff:
             k = diff[0]
             raise BadInput(
                 f"--resume: {str(out)!r} was made with different settings ({k}: {stored.get(k)!r} there, {settings.get(k)!r} now)"
             )
     check_writable(out)
-    if not stored_path.exists():
+    if not resume or not stored_path.exists():
+        (out / IMPORTANCE).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         write_json_atomic(stored_path, settings)
     return {r["id"] for r in read_records(out, repair=True)}
+
+
+def pin_candidates(out: Path, candidates: list) -> None:
+    """Store the run's candidate list in settings.json, or refuse one that differs from the stored list.
+
+    Settings alone fix the candidates except for a `file:` space, whose file can change between a run and its resume.
+    """
+    stored = json.loads((out / SETTINGS).read_text(encoding="utf-8"))
+    if "candidates" in stored and stored["candidates"] != candidates:
+        raise BadInput(f"--resume: the candidate allocations differ from those of the run in {str(out)!r}")
+    if "candidates" not in stored:
+        write_json_atomic(out / SETTINGS, {**stored, "candidates": candidates})
 
 
 def read_records(out: Path, repair: bool = False) -> list[dict]:

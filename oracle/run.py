@@ -25,7 +25,7 @@ from skiporacle.eval.generate import encode_prompts, plan_batches
 from skiporacle.eval.importance import measure_importance
 from skiporacle.eval.model import num_layers
 from skiporacle.oracle.select import cheapest_identical, cheapest_matching
-from skiporacle.oracle.records import IMPORTANCE, append_records, check_writable, open_run, write_json_atomic
+from skiporacle.oracle.records import IMPORTANCE, append_records, check_writable, open_run, pin_candidates, write_json_atomic
 from skiporacle.oracle.setup import RunInputs, load_inputs, load_model_cached
 from skiporacle.oracle.summary import summarize
 from skiporacle.search.allocation import Allocation, full
@@ -161,8 +161,9 @@ def run_oracle(
     start = time.perf_counter()
     check_writable(out)
     inputs = load_inputs(settings)
+    done = open_run(out, _fingerprint(settings), resume)
     allocations = build_candidates(settings, inputs, out, progress)
-    done = open_run(out, _fingerprint(settings, allocations), resume)
+    pin_candidates(out, [[a.spec, list(a.layers)] for a in allocations])
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
     lengths = [len(r) for r in encode_prompts(tokenizer, inputs.prompts)]
     batches = plan_batches(lengths, model.config.get_text_config().num_attention_heads)
@@ -214,12 +215,9 @@ def _indexed(n, fn, *args):
     return n, fn(*args)
 
 
-def _fingerprint(settings: OracleSettings, allocations: list[Allocation]) -> dict:
-    fingerprint = asdict(settings)
-    fingerprint["spaces"] = list(settings.spaces)
-    fingerprint["budgets"] = list(settings.budgets)
-    fingerprint["candidates"] = [[a.spec, list(a.layers)] for a in allocations]
-    return fingerprint
+def _fingerprint(settings: OracleSettings) -> dict:
+    """The settings as stored in settings.json (they determine every candidate and record)."""
+    return json.loads(json.dumps(asdict(settings)))
 
 
 def _machine() -> dict:

@@ -60,6 +60,8 @@ def file_space(path: str | Path, num_layers: int) -> list[Allocation]:
         items = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInput(f"allocation file {str(path)!r} does not exist") from None
+    except OSError as err:
+        raise BadInput(f"allocation file {str(path)!r} cannot be read ({err.strerror or err})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInput(f"allocation file {str(path)!r} is not valid JSON ({err})") from None
     if not isinstance(items, list) or not items:
@@ -94,8 +96,11 @@ def parse_spaces(text: str) -> list[str]:
     """`uniform,importance` -> ["uniform", "importance"]; `file:PATH` is allowed."""
     names = [s.strip() for s in text.split(",") if s.strip()]
     for name in names:
-        if name.split(":", 1)[0] not in SPACES:
+        kind, sep, arg = name.partition(":")
+        if kind not in SPACES:
             raise BadInput(f"unknown space {name!r}; choose from {', '.join(SPACES)} (file as file:PATH)")
+        if (kind == "file") != bool(sep and arg):
+            raise BadInput(f"space {name!r}: only the file space takes an argument, and it needs one (file:PATH)")
     if not names:
         raise BadInput("no allocation space given")
     return names

@@ -303,3 +303,106 @@ def ref():
         PAD_ID=PAD_ID,
         BOS_ID=BOS_ID,
     )
+
+
+# ---------------------------------------------------------------------------
+# A tiny random Llama saved like a real checkpoint, with the real SmolLM2 tokenizer
+# (for end-to-end oracle and CLI tests), and a small JSONL data file for it.
+
+TINY_LLM_SEED = 2  # with this seed the importance ranking differs from early exit at budget 4
+
+ORACLE_TEXTS = (
+    "Tom planted three apple trees in his garden last spring.",
+    "The city council voted to build a new bridge over the river.",
+    "A small dog found its way home after two days in the forest.",
+    "Scientists measured the temperature of the lake every morning.",
+    "The bakery on Main Street sells fresh bread before sunrise.",
+    "Heavy rain closed the mountain road for most of the week.",
+    "Students built a robot that sorts plastic bottles by colour.",
+    "The museum opened a new room with old maps of the coast.",
+)
+ORACLE_MAX_NEW = 8
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread for the duration (session fixtures cannot use `single_thread`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory):
+    """Folder of a saved tiny random LlamaForCausalLM (6 layers, hidden 64) plus the SmolLM2 tokenizer.
+
+    Its vocabulary is the tokenizer's and its EOS is the tokenizer's, so it loads and
+    generates through `skiporacle.eval.model.load_model` like a real checkpoint.
+    """
+    from transformers import AutoTokenizer
+
+    from skiporacle.eval.model import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"), local_files_only=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=0.3,
+    )
+    torch.manual_seed(TINY_LLM_SEED)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    folder = tmp_path_factory.mktemp("tiny_llm")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def oracle_data(tiny_llm_dir, tmp_path_factory):
+    """A JSONL file of len(ORACLE_TEXTS) rows {id, text, summary} for `tiny_llm_dir`.
+
+    So that scores are not all zero, some references are the tiny model's own greedy
+    outputs (rows 0, 3, 6: the full model's; rows 1, 7: uniform:4's; row 4: uniform:4's plus
+    the full output's words, so that uniform:4 matches the full model's score at lower cost;
+    row 5 lists a fixed sentence and the full output); row 2 has an unrelated sentence.
+    """
+    import json
+
+    from skiporacle.eval.generate import generate
+    from skiporacle.oracle.run import OracleSettings
+    from skiporacle.oracle.setup import load_inputs, load_model_cached
+    from skiporacle.search.allocation import full, uniform
+
+    folder = tmp_path_factory.mktemp("oracle_data")
+    path = folder / "data.jsonl"
+    rows = [{"id": f"ex{i}", "text": t, "summary": "placeholder"} for i, t in enumerate(ORACLE_TEXTS)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    settings = OracleSettings(
+        model=str(tiny_llm_dir), task="file", data_file=str(path), input_field="text", reference_field="summary",
+        id_field="id", limit=len(rows), offset=0, spaces=(), budgets=(), metric="rougeL",
+        max_new_tokens=ORACLE_MAX_NEW, dtype="float32", seed=0, tolerance=0.0, calibration=0,
+        prompt_under_allocation=False,
+    )
+    with one_thread():
+        inputs = load_inputs(settings)
+        model, tokenizer = load_model_cached(str(tiny_llm_dir), "float32")
+        whole = generate(model, tokenizer, inputs.prompts, full(NUM_LAYERS), ORACLE_MAX_NEW)
+        four = generate(model, tokenizer, inputs.prompts, uniform(4, NUM_LAYERS), ORACLE_MAX_NEW)
+    fixed = "The weather was calm and everyone went home early."
+    for i, row in enumerate(rows):
+        if i == 2:
+            row["summary"] = fixed
+        elif i == 4:
+            row["summary"] = f"{four[i].text} {whole[i].text}".strip() or fixed
+        elif i == 5:
+            row["summary"] = [fixed, whole[i].text or "empty"]
+        else:
+            text = (whole if i % 3 == 0 else four)[i].text
+            row["summary"] = text if text.strip() else fixed
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
