@@ -32,10 +32,11 @@ def score_candidates(
     max_new_tokens: int,
     prompt_under_allocation: bool = False,
     progress: bool = False,
+    max_batch: int = 0,
 ) -> list[list[Candidate]]:
     """Candidates [sequence][allocation]: greedy outputs scored against the references."""
     generations = generate_candidates(
-        model, tokenizer, prompts, allocations, max_new_tokens, prompt_under_allocation, progress
+        model, tokenizer, prompts, allocations, max_new_tokens, prompt_under_allocation, progress, max_batch
     )
     table: list[list[Candidate]] = []
     for gens, refs in zip(generations, references):

@@ -41,6 +41,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens per sequence at most (default: 48)")
     g.add_argument("--metric", default=None,
                    help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
+    g.add_argument("--batch-size", type=int, default=0,
+                   help="most sequences per batch (default 0: chosen from model and prompt sizes)")
     g.add_argument("--prompt-under-allocation", action="store_true",
                    help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
 

@@ -17,7 +17,7 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
     for name, value, low in (("--limit", args.limit, 1), ("--offset", args.offset, 0),
                              ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--calibration", getattr(args, "calibration", 0), 0),
-                             ("--workers", getattr(args, "workers", 1), 1)):
+                             ("--workers", getattr(args, "workers", 1), 1), ("--batch-size", args.batch_size, 0)):
         if value < low:
             raise BadInput(f"{name} must be at least {low}, got {value}")
     if args.data and not (args.input_field and args.reference_field):
@@ -28,7 +28,7 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
         limit=args.limit, offset=args.offset, spaces=spaces, budgets=budgets, metric=args.metric or "",
         max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=getattr(args, "seed", 0),
         tolerance=getattr(args, "tolerance", 0.0), calibration=getattr(args, "calibration", 0),
-        prompt_under_allocation=args.prompt_under_allocation,
+        prompt_under_allocation=args.prompt_under_allocation, batch_size=args.batch_size,
     )
     if not settings.metric:
         task, _ = load_examples(settings, 1, 0)
@@ -58,7 +58,7 @@ def generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
     start = time.perf_counter()
     outputs = run_generate(model, tokenizer, inputs.prompts, allocation, settings.max_new_tokens,
-                           settings.prompt_under_allocation, progress=True)
+                           settings.prompt_under_allocation, progress=True, max_batch=settings.batch_size)
     seconds = time.perf_counter() - start
     texts = [g.text for g in outputs]
     scores = sequence_scores(settings.metric, texts, inputs.references)

@@ -59,6 +59,7 @@ class OracleSettings:
     tolerance: float
     calibration: int
     prompt_under_allocation: bool
+    batch_size: int = 0  # most sequences per batch; 0 = chosen from model and prompt sizes
 
 
 def build_candidates(settings: OracleSettings, inputs: RunInputs, out: Path, progress: bool) -> list[Allocation]:
@@ -166,7 +167,7 @@ def run_oracle(
     pin_candidates(out, [[a.spec, list(a.layers)] for a in allocations])
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
     lengths = [len(r) for r in encode_prompts(tokenizer, inputs.prompts)]
-    batches = plan_batches(lengths, model.config.get_text_config().num_attention_heads)
+    batches = plan_batches(lengths, model.config.get_text_config().num_attention_heads, settings.batch_size)
     todo = [b for b in batches if any(inputs.ids[i] not in done for i in b)]
     resumed = len(done)
     bar = tqdm(total=len(inputs.ids), initial=resumed, unit="seq", desc="oracle", disable=not progress)
@@ -195,15 +196,16 @@ def _scored_batches(settings, inputs, allocations, todo, workers, scheduler, pro
         for batch in todo:
             yield batch, score_batch(*args(batch, torch.get_num_threads(), progress))
         return
+    from contextlib import nullcontext
+
     from joblib import Parallel, delayed, parallel_config
 
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
-    backend = "dask" if scheduler else "loky"
     if scheduler:
-        from distributed import Client
+        from distributed import Client  # joblib's dask backend runs on the current client
 
-        client = Client(scheduler)  # noqa: F841  (joblib's dask backend uses the current client)
-    with parallel_config(backend=backend, n_jobs=workers):
+        client = Client(scheduler)
+    with client if scheduler else nullcontext(), parallel_config(backend="dask" if scheduler else "loky", n_jobs=workers):
         results = Parallel(return_as="generator_unordered")(
             delayed(_indexed)(n, score_batch, *args(batch, threads, False)) for n, batch in enumerate(todo)
         )
