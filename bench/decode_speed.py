@@ -10,7 +10,9 @@ of steps; ratios are measured side by side in one process.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import tempfile
 import time
 
 import torch
@@ -20,7 +22,7 @@ from skiporacle.data.prompts import render_prompt
 from skiporacle.data.tasks import load_task
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.generate import encode_prompts, greedy_decode, left_pad, prefill
-from skiporacle.eval.model import layer_view, load_model, num_layers
+from skiporacle.eval.model import EMBEDDED_MODELS, layer_view, load_model, num_layers, timed_load
 from skiporacle.search.allocation import uniform
 
 
@@ -39,12 +41,31 @@ def decode_rate(model, rows, pad_id, allocation, new_tokens: int, repeats: int) 
     return len(rows) * new_tokens / best
 
 
+def load_times(name: str) -> tuple[float, float]:
+    """Seconds to load `name` the first time (GGUF conversion into an empty cache) and from the cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.environ.get("SKIPORACLE_CACHE")
+        os.environ["SKIPORACLE_CACHE"] = tmp
+        try:
+            first = timed_load(name)[2]
+            cached = timed_load(name)[2]
+        finally:
+            if old is None:
+                del os.environ["SKIPORACLE_CACHE"]
+            else:
+                os.environ["SKIPORACLE_CACHE"] = old
+    return first, cached
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    if args.model in EMBEDDED_MODELS:
+        first, cached = load_times(args.model)
+        print(f"# model load: {first:.1f} s the first time (GGUF conversion), {cached:.1f} s from the cache")
     model, tokenizer = load_model(args.model)
     n = num_layers(model)
     task, examples = load_task("xsum", limit=16)

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--task", default="xsum")
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--space", default=DEFAULT_SPACES)
-    parser.add_argument("--budgets", default=DEFAULT_BUDGETS.replace("4,", "", 1))
+    parser.add_argument("--budgets", default=DEFAULT_BUDGETS)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--model", default="smollm2-135m")
     args = parser.parse_args()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from skiporacle.data.errors import BadInput
 
-DEFAULT_BUDGETS = "4,8,12,16,20,22,24,26,28,29"
+DEFAULT_BUDGETS = "8,12,16,20,24,26,28,29"
 DEFAULT_SPACES = "uniform,early-exit,importance"
 
 

