@@ -47,11 +47,7 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int, seed: int 
     curve = knapsack(scores, costs)
     rng = np.random.default_rng(seed)
     boots = [knapsack(scores[rng.integers(0, n, n)], costs) for _ in range(min(resamples, 100))]
-    for step in range(0, 4 * n_layers + 1):
-        m = step / 4
-        y = curve.mean_score_at(m)
-        if not np.isfinite(y):
-            continue
+    for m, y in curve.points(n_layers):
         ys = [b.mean_score_at(m) for b in boots]
         lo, hi = (np.percentile(ys, 2.5), np.percentile(ys, 97.5)) if all(np.isfinite(ys)) else (np.nan, np.nan)
         rows.append({"series": "knapsack", "spec": f"budget:{m:g}", "percent_layers": 100 * m / n_layers,

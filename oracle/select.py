@@ -62,6 +62,11 @@ class KnapsackCurve:
         c = min(int(np.floor(mean_layers * self.num_sequences + 1e-9)), len(self.best_total) - 1)
         return float(self.best_total[c] / self.num_sequences) if c >= 0 else float("-inf")
 
+    def points(self, max_layers: int, step: float = 0.25) -> list[tuple[float, float]]:
+        """(mean layers, best mean score) on a grid of `step` layers, where feasible."""
+        grid = (k * step for k in range(int(round(max_layers / step)) + 1))
+        return [(m, y) for m in grid if np.isfinite(y := self.mean_score_at(m))]
+
     def layers_to_reach(self, target_mean: float) -> float | None:
         """Smallest mean layers per sequence whose best mean score >= target_mean (None if never)."""
         hits = np.nonzero(self.best_total >= target_mean * self.num_sequences - 1e-6)[0]

@@ -43,7 +43,6 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
     curve = knapsack(scores, costs)
     full_mean = float(full_scores.mean())
     reach = curve.layers_to_reach(full_mean)
-    grid = [c / n for c in range(len(curve.best_total))]
     summary = {
         "model": settings["model"],
         "task": settings["task"] if not settings.get("data_file") else f"file:{settings['data_file']}",
@@ -59,10 +58,9 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
             "layers_at_full_quality": reach,
             "percent_layers_at_full_quality": None if reach is None else 100 * reach / n_layers,
             "curve": [
-                {"mean_layers": m, "percent_layers": 100 * m / n_layers, "mean_score": curve.mean_score_at(m)}
-                for m in grid
-                if np.isfinite(curve.mean_score_at(m))
-            ][:: max(1, n // 4)],
+                {"mean_layers": m, "percent_layers": 100 * m / n_layers, "mean_score": y}
+                for m, y in curve.points(n_layers)
+            ],
         },
         "static": [
             {"spec": s, "space": space_of(s), "cost": c, "percent_layers": 100 * c / n_layers,
