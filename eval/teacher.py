@@ -85,21 +85,6 @@ def nll(hidden: torch.Tensor, targets: torch.Tensor, head) -> float:
     return float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
 
 
-def greedy_agreement(hidden: torch.Tensor, targets: torch.Tensor, head) -> tuple[int, float]:
-    """(number of leading positions whose argmax equals the target, top-2 logit margin at the first miss).
-
-    The margin is inf when every position agrees; a tiny margin marks a
-    floating-point near-tie rather than a real disagreement.
-    """
-    logits = head(hidden).float()
-    miss = (logits.argmax(-1) != targets).nonzero()
-    if len(miss) == 0:
-        return len(targets), float("inf")
-    first = int(miss[0])
-    top2 = logits[first].topk(2).values
-    return first, float(top2[0] - top2[1])
-
-
 def final_hidden(hidden: torch.Tensor, targets: torch.Tensor, head) -> torch.Tensor:
     """The hidden states themselves [T, H] (for similarity to the full model)."""
     return hidden.clone()

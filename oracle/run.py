@@ -8,7 +8,6 @@ whether the run is resumed, split over workers, or done in one go.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
@@ -23,7 +22,6 @@ from skiporacle.data.errors import BadInput
 from skiporacle.eval.candidates import Candidate, score_candidates
 from skiporacle.eval.generate import encode_prompts, plan_batches
 from skiporacle.eval.importance import measure_importance
-from skiporacle.eval.model import num_layers
 from skiporacle.oracle.select import cheapest_identical, cheapest_matching
 from skiporacle.oracle.records import IMPORTANCE, append_records, check_writable, open_run, pin_candidates, write_json_atomic
 from skiporacle.oracle.setup import RunInputs, load_inputs, load_model_cached
@@ -224,8 +222,3 @@ def _fingerprint(settings: OracleSettings) -> dict:
 
 def _machine() -> dict:
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-
-
-def mean(values) -> float:
-    values = list(values)
-    return math.fsum(values) / len(values) if values else float("nan")

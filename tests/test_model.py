@@ -12,7 +12,6 @@ from transformers import DynamicCache
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.model import (
-    allocation_view,
     decoder_layers,
     layer_view,
     load_model,
@@ -202,9 +201,9 @@ def test_two_views_are_independent(tiny_model):
 def test_allocation_view_uses_allocation_layers(tiny_model):
     model = tiny_model("llama")
     allocation = parse_spec("1,3-4", num_layers(model))
-    view = allocation_view(model, allocation)
+    view = layer_view(model, allocation.layers)
     assert list(decoder_layers(view)) == [decoder_layers(model)[i] for i in (1, 3, 4)]
-    assert allocation_view(model, parse_spec("all", num_layers(model))) is model
+    assert layer_view(model, parse_spec("all", num_layers(model)).layers) is model
 
 
 # --- AllocationCache ----------------------------------------------------------------------
