@@ -102,12 +102,8 @@ _MODELS: dict[str, nn.Module] = {}
 def single_thread():
     """Run torch on one thread: tiny models are dominated by thread synchronisation otherwise,
     which is slow (milliseconds per op) when other processes compete for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=LAYOUTS)

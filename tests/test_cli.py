@@ -138,10 +138,15 @@ def _dump_columns():
             "score", "tokens", "identical", "output"}
 
 
+def _records_and_rows_per_sequence(out):
+    """The run's records, and how many dump rows each sequence gets (its candidates plus the full model)."""
+    records = [json.loads(line) for line in (out / "allocations.jsonl").read_text(encoding="utf-8").splitlines()]
+    return records, len(records[0]["candidates"]) + 1
+
+
 def test_dump_csv(capsys, cli_run, tmp_path):
     out, _, _ = cli_run
-    records = [json.loads(line) for line in (out / "allocations.jsonl").read_text(encoding="utf-8").splitlines()]
-    per_sequence = len(records[0]["candidates"]) + 1
+    records, per_sequence = _records_and_rows_per_sequence(out)
     target = tmp_path / "table.csv"
     code, stdout, _ = run_cli(capsys, "dump", "--run", out, "--format", "csv", "--output", target)
     assert code == 0
@@ -169,8 +174,7 @@ def test_dump_parquet(capsys, cli_run, tmp_path):
     import pyarrow.parquet as pq
 
     out, _, _ = cli_run
-    records = [json.loads(line) for line in (out / "allocations.jsonl").read_text(encoding="utf-8").splitlines()]
-    per_sequence = len(records[0]["candidates"]) + 1
+    records, per_sequence = _records_and_rows_per_sequence(out)
     target = tmp_path / "table.parquet"
     code, _, _ = run_cli(capsys, "dump", "--run", out, "--format", "parquet", "--output", target)
     assert code == 0
