@@ -202,8 +202,8 @@ def _scored_batches(settings, inputs, allocations, todo, workers, scheduler, pro
     if scheduler:
         from distributed import Client  # joblib's dask backend runs on the current client
 
-        client = Client(scheduler)
-    with client if scheduler else nullcontext(), parallel_config(backend="dask" if scheduler else "loky", n_jobs=workers):
+    client = Client(scheduler) if scheduler else nullcontext()
+    with client, parallel_config(backend="dask" if scheduler else "loky", n_jobs=workers):
         results = Parallel(return_as="generator_unordered")(
             delayed(_indexed)(n, score_batch, *args(batch, threads, False)) for n, batch in enumerate(todo)
         )
