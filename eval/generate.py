@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.cache import AllocationCache
-from skiporacle.eval.model import layer_view
+from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
 # Per prefill batch: at most this many padded prompt tokens, and attention
@@ -185,7 +185,7 @@ def generate_candidates(
         ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
         shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
         for a, allocation in enumerate(allocations):
-            view = layer_view(model, allocation.layers)
+            view = allocation_view(model, allocation)
             cache = AllocationCache(allocation.layers, shared, reserve=max_new_tokens + 1)
             if shared is None:
                 prefill(view, ids[:, :-1], mask[:, :-1], cache)

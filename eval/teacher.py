@@ -18,7 +18,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.generate import encode_prompts, left_pad, plan_batches, positions, prefill
 from skiporacle.eval.cache import AllocationCache
-from skiporacle.eval.model import layer_view
+from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
 
@@ -71,7 +71,7 @@ def teacher_forced_passes(
             targets[b, : len(continuations[i])] = torch.tensor(continuations[i], dtype=torch.long)
         shared = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
         for a, allocation in enumerate(allocations):
-            view = layer_view(model, allocation.layers)
+            view = allocation_view(model, allocation)
             hidden = teacher_forced_hidden(view, shared, allocation.layers, ids[:, -1], mask, targets)
             for b, i in enumerate(batch):
                 n = len(continuations[i])

@@ -92,6 +92,11 @@ def oracle(args: argparse.Namespace) -> int:
     print(f"rule (score >= full - {settings.tolerance:g}): {rule['mean_percent_layers']:.1f} % of layers, "
           f"mean {rule['mean_score']:.2f}; exact-output rule: {exact['mean_percent_layers']:.1f} %")
     print("knapsack: full quality at " + (f"{reach:.1f} % of layers" if reach is not None else "no budget"))
+    if "training_free" in summary:
+        free = summary["training_free"]
+        free_reach = free["knapsack_percent_layers_at_full_quality"]
+        print(f"without healed candidates: rule {free['rule']['mean_percent_layers']:.1f} % of layers; knapsack "
+              + (f"{free_reach:.1f} %" if free_reach is not None else "no budget"))
     return 0
 
 
@@ -149,4 +154,91 @@ def curves(args: argparse.Namespace) -> int:
         sims = similarity(model, tokenizer, records[: args.similarity], budgets)
         path = write_similarity(out, sims, n_layers, f"{settings['model']} on {settings['task']}")
         print(f"skiporacle: wrote {path}")
+    return 0
+
+
+def heal(args: argparse.Namespace) -> int:
+    """Distil one allocation into a healed variant folder (resumable)."""
+    from skiporacle.data.prompts import fit_prompt
+    from skiporacle.eval.model import num_layers
+    from skiporacle.heal.distil import HealSettings, heal as run_heal
+    from skiporacle.heal.texts import example_id, heal_examples
+    from skiporacle.oracle.run import cached_drop_order
+    from skiporacle.search.allocation import parse_spec
+    from skiporacle.search.spaces import importance_space
+
+    for name, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 2),
+                             ("--examples", args.examples, 1), ("--holdout", args.holdout, 1), ("--lora", args.lora, 0),
+                             ("--calibration", args.calibration, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
+        if value < low:
+            raise BadInput(f"{name} must be at least {low}, got {value}")
+    learning_rate = args.lr if args.lr is not None else (3e-3 if args.lora else 3e-4)
+    if not learning_rate > 0:
+        raise BadInput(f"--lr must be positive, got {learning_rate}")
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    if not sources:
+        raise BadInput("--sources: no task given")
+    out = Path(args.out)
+    if out.exists():
+        raise BadInput(f"{str(out)!r} already exists; choose another --out or delete it")
+    model, tokenizer = load_model_cached(args.model, "float32")
+    n = num_layers(model)
+    calibration: tuple[str, ...] = ()
+    kind, _, budget = args.layers.partition(":")
+    if kind == "importance":
+        (keep,) = parse_budgets(budget, n) if budget and "," not in budget else (None,)
+        if keep is None:
+            raise BadInput(f"--layers {args.layers!r}: expected importance:N with one budget N")
+        examples = heal_examples(sources, args.examples)[: args.calibration]
+        max_new_tokens = 48
+        context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or tokenizer.model_max_length
+        prompts = [fit_prompt(task, e, tokenizer, context - max_new_tokens)[0] for task, e in examples]
+        calibration = tuple(example_id(task, e) for task, e in examples)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        order = cached_drop_order(out.parent / "importance.json", args.model, "float32", list(calibration), prompts,
+                                  max_new_tokens, progress=True)
+        allocation = importance_space([keep], order)[0]
+    else:
+        allocation = parse_spec(args.layers, n)
+    if allocation.is_full:
+        raise BadInput(f"--layers {args.layers!r} keeps every layer: nothing to heal")
+    settings = HealSettings(
+        model=args.model, layers=allocation.layers, spec=allocation.spec, steps=args.steps, learning_rate=learning_rate,
+        batch_size=args.batch_size, seq_len=args.seq_len, bf16=args.bf16, lora_rank=args.lora, seed=args.seed,
+        sources=sources, examples=args.examples, holdout=args.holdout, checkpoint_every=args.checkpoint_every,
+    )
+    meta = run_heal(settings, model, tokenizer, out, resume=args.resume, calibration_ids=calibration)
+    print(f"skiporacle: healed {allocation.spec} ({allocation.cost}/{n} layers: {','.join(map(str, allocation.layers))}) "
+          f"in {meta['train_seconds']:.0f} s of training; held-out KL {meta['kl']['initial']:.4f} -> "
+          f"{meta['kl']['final']:.4f} nats/token; saved to {out}")
+    return 0
+
+
+def perplexity(args: argparse.Namespace) -> int:
+    """Reference perplexity of a run's sequences under each of its candidates; writes RUN/perplexity.json."""
+    import math
+
+    from skiporacle.eval.teacher import nll, teacher_forced_passes
+    from skiporacle.oracle.records import write_json_atomic
+    from skiporacle.search.allocation import Allocation
+
+    out = Path(args.run)
+    settings, records, _ = load_run(out)
+    if not records or "candidates" not in settings:
+        raise BadInput(f"{str(out)!r} holds no finished sequence yet")
+    n = records[0]["full"]["cost"]
+    allocations = [Allocation(tuple(c[1]), n, c[0], c[2] if len(c) > 2 else "") for c in settings["candidates"]]
+    model, tokenizer = load_model_cached(settings["model"], settings["dtype"])
+    targets = [tokenizer(r["references"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+               for r in records]
+    start = time.perf_counter()
+    nlls = teacher_forced_passes(model, tokenizer, [r["prompt"] for r in records], targets, allocations, nll)
+    tokens = sum(map(len, targets))
+    table = [{"spec": a.spec, "cost": a.cost, "perplexity": math.exp(sum(row[k] for row in nlls) / tokens)}
+             for k, a in enumerate(allocations)]
+    write_json_atomic(out / "perplexity.json", {"sequences": len(records), "reference_tokens": tokens,
+                                                "seconds": time.perf_counter() - start, "candidates": table})
+    for row in table:
+        print(f"{row['spec']:>24}  {row['cost']:>3} layers  perplexity {row['perplexity']:10.2f}")
+    print(f"skiporacle: {tokens} reference tokens of {len(records)} sequences; wrote {out / 'perplexity.json'}")
     return 0

@@ -44,14 +44,19 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int, seed: int 
         chosen = np.where(choice >= 0, choice, len(costs) - 1)
         mean_layers = float(np.mean([costs[k] for k in chosen]))
         point(series, series, mean_layers, scores[np.arange(n), chosen])
-    curve = knapsack(scores, costs)
-    rng = np.random.default_rng(seed)
-    boots = [knapsack(scores[rng.integers(0, n, n)], costs) for _ in range(min(resamples, 100))]
-    for m, y in curve.points(n_layers):
-        ys = [b.mean_score_at(m) for b in boots]
-        lo, hi = (np.percentile(ys, 2.5), np.percentile(ys, 97.5)) if all(np.isfinite(ys)) else (np.nan, np.nan)
-        rows.append({"series": "knapsack", "spec": f"budget:{m:g}", "percent_layers": 100 * m / n_layers,
-                     "mean_score": y, "low": float(lo), "high": float(hi)})
+    training_free = [k for k, s in enumerate(specs) if space_of(s) != "healed"]
+    subsets = [("knapsack", list(range(len(specs))))]
+    if len(training_free) < len(specs):  # healed candidates present: also the curve without them
+        subsets.append(("knapsack-training-free", training_free))
+    for series, columns in subsets:
+        sub_scores, sub_costs = scores[:, columns], [costs[k] for k in columns]
+        rng = np.random.default_rng(seed)
+        boots = [knapsack(sub_scores[rng.integers(0, n, n)], sub_costs) for _ in range(min(resamples, 100))]
+        for m, y in knapsack(sub_scores, sub_costs).points(n_layers):
+            ys = [b.mean_score_at(m) for b in boots]
+            lo, hi = (np.percentile(ys, 2.5), np.percentile(ys, 97.5)) if all(np.isfinite(ys)) else (np.nan, np.nan)
+            rows.append({"series": series, "spec": f"budget:{m:g}", "percent_layers": 100 * m / n_layers,
+                         "mean_score": y, "low": float(lo), "high": float(hi)})
     return rows
 
 
@@ -65,15 +70,19 @@ def write_curves(out: Path, records: list[dict], settings: dict, resamples: int)
         writer.writerows(rows)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     full = next(r for r in rows if r["series"] == "full")
-    for series in ("uniform", "early-exit", "importance", "random", "file", "knapsack"):
+    labels = {"knapsack": "knapsack oracle", "knapsack-training-free": "knapsack oracle, training-free only",
+              "healed-base": "static healed variants' layers, base weights"}
+    for series in ("uniform", "early-exit", "importance", "random", "file", "healed-base", "healed", "knapsack",
+                   "knapsack-training-free"):
         pts = sorted((r for r in rows if r["series"] == series), key=lambda r: r["percent_layers"])
         if not pts:
             continue
-        if series != "knapsack":
+        curve = series.startswith("knapsack")
+        if not curve:
             pts.append(full)
         x = [p["percent_layers"] for p in pts]
-        line = ax.plot(x, [p["mean_score"] for p in pts], marker="" if series == "knapsack" else "o",
-                       ms=4, label="knapsack oracle" if series == "knapsack" else f"static {series}")[0]
+        line = ax.plot(x, [p["mean_score"] for p in pts], marker="" if curve else "o", ls=":" if series.endswith("free") else "-",
+                       ms=4, label=labels.get(series, f"static {series}"))[0]
         ax.fill_between(x, [p["low"] for p in pts], [p["high"] for p in pts], color=line.get_color(), alpha=0.15)
     for series, marker in (("rule", "*"), ("rule-exact", "D")):
         r = next(r for r in rows if r["series"] == series)

@@ -30,10 +30,13 @@ from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.spaces import (
     early_exit_space,
     file_space,
+    healed_space,
     importance_space,
     random_space,
     uniform_space,
 )
+
+DEFAULT_HEALED = "models"  # where `make heal` writes healed variants
 
 
 @dataclass(frozen=True)
@@ -78,27 +81,39 @@ def build_candidates(settings: OracleSettings, inputs: RunInputs, out: Path, pro
             allocations += importance_space(settings.budgets, _drop_order(settings, inputs, out, progress))
         elif name == "file":
             allocations += file_space(arg, n)
-    seen, unique = {full(n).layers}, []
+        elif name == "healed":
+            evaluated = {f"{settings.task}:{i}" for i in inputs.ids}
+            allocations += healed_space(arg or DEFAULT_HEALED, n, settings.model, evaluated)
+    seen, unique = {(full(n).layers, "")}, []
     for allocation in allocations:
-        if allocation.layers not in seen:
-            seen.add(allocation.layers)
+        if (allocation.layers, allocation.weights) not in seen:
+            seen.add((allocation.layers, allocation.weights))
             unique.append(allocation)
     return unique + [full(n)]
 
 
 def _drop_order(settings: OracleSettings, inputs: RunInputs, out: Path, progress: bool) -> tuple[int, ...]:
     """The importance drop order, measured once per run folder on the calibration split."""
-    path = out / IMPORTANCE
-    if path.exists():
-        return tuple(json.loads(path.read_text(encoding="utf-8"))["drop_order"])
     if not inputs.calibration_prompts:
         raise BadInput("the importance space needs calibration examples after the evaluated ones; lower --limit or --offset")
-    model, tokenizer = load_model_cached(settings.model, settings.dtype)
-    ranking = measure_importance(model, tokenizer, inputs.calibration_prompts, settings.max_new_tokens, progress)
+    return cached_drop_order(out / IMPORTANCE, settings.model, settings.dtype, inputs.calibration_ids,
+                             inputs.calibration_prompts, settings.max_new_tokens, progress)
+
+
+def cached_drop_order(path: Path, model_name: str, dtype: str, ids: list[str], prompts: list[str],
+                      max_new_tokens: int, progress: bool) -> tuple[int, ...]:
+    """The importance drop order measured on `prompts`, read from `path` if it was measured there on the same ids."""
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored["calibration_ids"] == ids and stored.get("model", model_name) == model_name:
+            return tuple(stored["drop_order"])
+    model, tokenizer = load_model_cached(model_name, dtype)
+    ranking = measure_importance(model, tokenizer, prompts, max_new_tokens, progress)
     write_json_atomic(
         path,
         {
-            "calibration_ids": inputs.calibration_ids,
+            "model": model_name,
+            "calibration_ids": ids,
             "full_perplexity": ranking.full_perplexity,
             "perplexity_without": list(ranking.perplexity_without),
             "tokens": ranking.tokens,
@@ -162,7 +177,7 @@ def run_oracle(
     inputs = load_inputs(settings)
     done = open_run(out, _fingerprint(settings), resume)
     allocations = build_candidates(settings, inputs, out, progress)
-    pin_candidates(out, [[a.spec, list(a.layers)] for a in allocations])
+    pin_candidates(out, [[a.spec, list(a.layers)] + ([a.weights] if a.weights else []) for a in allocations])
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
     lengths = [len(r) for r in encode_prompts(tokenizer, inputs.prompts)]
     batches = plan_batches(lengths, model.config.get_text_config().num_attention_heads, settings.batch_size)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
+from skiporacle.eval.model import package_versions
 from skiporacle.oracle.records import SUMMARY, load_run, write_json_atomic
 from skiporacle.oracle.select import cheapest_identical, cheapest_matching, knapsack
-
-PACKAGES = ("skiporacle", "torch", "transformers", "rouge-score", "sacrebleu", "numpy")
 
 
 def score_matrix(records: list[dict]) -> tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray]:
@@ -24,9 +21,13 @@ def score_matrix(records: list[dict]) -> tuple[list[str], list[int], np.ndarray,
 
 
 def space_of(spec: str) -> str:
-    """The space a candidate spec belongs to: uniform, early-exit, importance, random, file or full."""
+    """The space a candidate spec belongs to: uniform, early-exit, importance, random, file, healed or full.
+
+    `base:NAME`, the training-free twin of healed variant NAME, belongs to the healed space's training-free side.
+    """
     head = spec.split(":", 1)[0]
-    return {"uniform": "uniform", "exit": "early-exit", "importance": "importance", "all": "full"}.get(
+    return {"uniform": "uniform", "exit": "early-exit", "importance": "importance", "all": "full",
+            "healed": "healed", "base": "healed-base"}.get(
         head, "random" if head.startswith("random") else "file"
     )
 
@@ -50,7 +51,7 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
         "sequences": n,
         "num_layers": n_layers,
         "seed": settings["seed"],
-        "versions": _versions(),
+        "versions": package_versions(),
         "full_mean_score": full_mean,
         "rule": _rule_stats(rule, scores, costs, n_layers, tolerance),
         "rule_exact": _rule_stats(exact, scores, costs, n_layers, None),
@@ -67,11 +68,26 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
              "mean_score": float(scores[:, k].mean()), "identical_percent": float(100 * identical[:, k].mean())}
             for k, (s, c) in enumerate(zip(specs, costs))
         ],
+        **_training_free(specs, scores, costs, full_scores, tolerance),
         "wall_seconds": wall_seconds,
         **extra,
     }
     write_json_atomic(out / SUMMARY, summary)
     return summary
+
+
+def _training_free(specs, scores, costs, full_scores, tolerance) -> dict:
+    """The oracle figures again without the healed candidates, when there are any."""
+    keep = [k for k, s in enumerate(specs) if space_of(s) != "healed"]
+    if len(keep) == len(specs):
+        return {}
+    kept_costs = [costs[k] for k in keep]
+    rule = cheapest_matching(scores[:, keep], kept_costs, full_scores, tolerance)
+    reach = knapsack(scores[:, keep], kept_costs).layers_to_reach(float(full_scores.mean()))
+    return {"training_free": {
+        "rule": _rule_stats(rule, scores[:, keep], kept_costs, costs[-1], tolerance),
+        "knapsack_percent_layers_at_full_quality": None if reach is None else 100 * reach / costs[-1],
+    }}
 
 
 def _rule_stats(choice: np.ndarray, scores: np.ndarray, costs: list[int], n_layers: int, tolerance) -> dict:
@@ -84,13 +100,3 @@ def _rule_stats(choice: np.ndarray, scores: np.ndarray, costs: list[int], n_laye
         "mean_score": float(scores[np.arange(len(chosen)), chosen].mean()),
         "skipping_sequences": int((layers < n_layers).sum()),
     }
-
-
-def _versions() -> dict:
-    out = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out

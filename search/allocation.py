@@ -19,11 +19,14 @@ class Allocation:
 
     `layers` are sorted, distinct indices in [0, num_layers); `spec` is the text
     that names it (e.g. "uniform:12", "exit:20", "0-10,12"), kept for dumps.
+    `weights` is empty for the model's own weights, or the folder of a healed
+    variant whose layers replace these layers' weights (see `heal/`).
     """
 
     layers: tuple[int, ...]
     num_layers: int
     spec: str
+    weights: str = ""
 
     def __post_init__(self) -> None:
         if not self.layers:

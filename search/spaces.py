@@ -16,7 +16,8 @@ from typing import Sequence
 from skiporacle.data.errors import BadInput
 from skiporacle.search.allocation import Allocation, early_exit, parse_spec, uniform
 
-SPACES: tuple[str, ...] = ("uniform", "early-exit", "random", "importance", "file")
+SPACES: tuple[str, ...] = ("uniform", "early-exit", "random", "importance", "file", "healed")
+HEAL_METADATA = "heal.json"  # written by `skiporacle heal` beside each healed variant
 
 
 def uniform_space(budgets: Sequence[int], num_layers: int) -> list[Allocation]:
@@ -78,6 +79,47 @@ def file_space(path: str | Path, num_layers: int) -> list[Allocation]:
     return out
 
 
+def read_heal_metadata(folder: str | Path) -> dict:
+    """The heal.json of a healed variant folder (BadInput if there is none or it is unreadable)."""
+    path = Path(folder) / HEAL_METADATA
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{str(folder)!r} is not a healed variant (no {HEAL_METADATA})") from None
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{str(path)!r} cannot be read ({err})") from None
+
+
+def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated_ids: set[str]) -> list[Allocation]:
+    """Every healed variant in `folder`, each followed by its training-free twin (same layers, base weights).
+
+    A variant's cost is its layers per generated token, as for any allocation.
+    Refused (BadInput): a folder without variants, a variant of another base
+    model or depth, and one whose heal texts ("task:id") overlap `evaluated_ids`.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise BadInput(f"healed space: {str(root)!r} is not a folder (make one with `skiporacle heal`)")
+    variants = sorted(p for p in root.iterdir() if (p / HEAL_METADATA).is_file())
+    if not variants:
+        raise BadInput(f"healed space: no healed variant (a folder with {HEAL_METADATA}) in {str(root)!r}")
+    out = []
+    for path in variants:
+        meta = read_heal_metadata(path)
+        if meta["base_model"] != base_model or meta["num_layers"] != num_layers:
+            raise BadInput(f"healed variant {str(path)!r} was distilled from {meta['base_model']} "
+                           f"({meta['num_layers']} layers), not {base_model} ({num_layers} layers)")
+        used = set(meta["data"]["train_ids"]) | set(meta["data"]["holdout_ids"]) | set(meta["data"].get("calibration_ids", []))
+        overlap = sorted(used & evaluated_ids)
+        if overlap:
+            raise BadInput(f"healed variant {str(path)!r} was trained on {len(overlap)} evaluated sequence(s) "
+                           f"(e.g. {overlap[0]}); evaluate other rows (--offset/--limit) or heal on other data")
+        layers = tuple(meta["layers"])
+        out.append(Allocation(layers, num_layers, f"healed:{path.name}", weights=str(path.resolve())))
+        out.append(Allocation(layers, num_layers, f"base:{path.name}"))
+    return out
+
+
 def parse_budgets(text: str, num_layers: int) -> list[int]:
     """`4,8,12` -> [4, 8, 12]; every budget must lie in 1..num_layers."""
     try:
@@ -93,14 +135,14 @@ def parse_budgets(text: str, num_layers: int) -> list[int]:
 
 
 def parse_spaces(text: str) -> list[str]:
-    """`uniform,importance` -> ["uniform", "importance"]; `file:PATH` is allowed."""
+    """`uniform,importance` -> ["uniform", "importance"]; `file:PATH` and `healed:FOLDER` take a path."""
     names = [s.strip() for s in text.split(",") if s.strip()]
     for name in names:
         kind, sep, arg = name.partition(":")
         if kind not in SPACES:
-            raise BadInput(f"unknown space {name!r}; choose from {', '.join(SPACES)} (file as file:PATH)")
-        if (kind == "file") != bool(sep and arg):
-            raise BadInput(f"space {name!r}: only the file space takes an argument, and it needs one (file:PATH)")
+            raise BadInput(f"unknown space {name!r}; choose from {', '.join(SPACES)} (file:PATH, healed[:FOLDER])")
+        if (kind == "file") and not (sep and arg) or kind not in ("file", "healed") and sep:
+            raise BadInput(f"space {name!r}: only file:PATH and healed[:FOLDER] take an argument")
     if not names:
         raise BadInput("no allocation space given")
     return names

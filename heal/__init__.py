@@ -1,0 +1,1 @@
+"""Healing: distil a layer-skip allocation back toward the full model."""

@@ -1,0 +1,215 @@
+"""Healing by distillation: train a student of the kept layers to match the full model.
+
+Loss: KL(full model || student) of the next-token distribution, at every real
+position of each training window, averaged over positions (nats per token).
+The full model is the frozen teacher; the optimiser is AdamW at a constant
+learning rate.  Batch k of step s is a fixed function of (seed, s), so a run
+resumed from a checkpoint continues exactly as the uninterrupted run would.
+
+Layout while training `models/NAME`: `models/NAME.partial/checkpoint.pt`
+(written every `checkpoint_every` steps, atomically).  When done, the variant
+is renamed into `models/NAME` and the partial folder removed.
+
+Shapes: B = batch size, L = window length (tokens), V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from skiporacle.data.errors import BadInput
+from skiporacle.eval.model import package_versions
+from skiporacle.heal.student import build_student, save_variant
+from skiporacle.heal.texts import DEFAULT_SOURCES, HealText, heal_examples, heal_texts, pad_batch
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class HealSettings:
+    """Everything that determines a heal run's result (a resume must match all but `steps`)."""
+
+    model: str
+    layers: tuple[int, ...]
+    spec: str
+    steps: int
+    learning_rate: float = 3e-4
+    batch_size: int = 4  # windows per step
+    seq_len: int = 256  # tokens per window
+    bf16: bool = False  # bfloat16 autocast for teacher and student (weights and optimiser stay float32)
+    lora_rank: int = 0  # 0 = full fine-tuning of the kept layers
+    seed: int = 0
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    examples: int = 200  # last rows of each source task
+    holdout: int = 16  # windows kept out of training to measure KL
+    checkpoint_every: int = 25
+
+
+def kl_per_token(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real positions of KL(teacher || student); logits [B, L, V], mask [B, L] -> scalar (nats)."""
+    student_logprobs = F.log_softmax(student_logits.float(), dim=-1)
+    kl = F.kl_div(student_logprobs, teacher_logprobs, log_target=True, reduction="none").sum(-1)  # [B, L]
+    weights = mask.to(kl.dtype)
+    return (kl * weights).sum() / weights.sum()
+
+
+def teacher_logprobs(teacher: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The full model's next-token log-probabilities [B, L, V] (float32, no grad)."""
+    with torch.no_grad(), _autocast(bf16):
+        logits = teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def train_step(student, optimizer, teacher, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> float:
+    """One AdamW step on windows ids [B, L]; returns the batch's KL (nats per token)."""
+    target = teacher_logprobs(teacher, ids, mask, bf16)
+    with _autocast(bf16):
+        logits = student(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    loss = kl_per_token(logits, target, mask)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def held_out_kl(student, teacher, texts: list[HealText], batch_size: int, pad_id: int) -> float:
+    """KL (nats per token, float32) over held-out windows, weighted by their tokens."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            ids, mask = pad_batch(texts[start : start + batch_size], pad_id)
+            logits = student(input_ids=ids, attention_mask=mask, use_cache=False).logits
+            n = int(mask.sum())
+            total += float(kl_per_token(logits, teacher_logprobs(teacher, ids, mask, False), mask)) * n
+            tokens += n
+    return total / tokens
+
+
+def batch_at(step: int, train: list[HealText], settings: HealSettings) -> list[HealText]:
+    """The windows of step `step` (0-based): epochs are seeded permutations of the training windows."""
+    per_epoch = max(1, len(train) // settings.batch_size)
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([settings.seed, epoch]).permutation(len(train))
+    return [train[i] for i in order[k * settings.batch_size : (k + 1) * settings.batch_size]]
+
+
+def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path, resume: bool = False,
+         progress: bool = True, calibration_ids: tuple[str, ...] = ()) -> dict:
+    """Train the student of `settings.layers` and save it to `out`; return its metadata (also heal.json).
+
+    `calibration_ids` (recorded, never trained on here) are the examples that chose the layers, if any.
+    """
+    partial = out.with_name(out.name + ".partial")
+    _check_out(out, partial, resume)
+    texts = heal_texts(heal_examples(settings.sources, settings.examples), tokenizer, settings.seq_len)
+    if len(texts) < settings.holdout + settings.batch_size:
+        raise BadInput(f"heal: {len(texts)} windows is too few for {settings.holdout} held out and batches of {settings.batch_size}")
+    holdout, train = texts[: settings.holdout], texts[settings.holdout :]
+    torch.manual_seed(settings.seed)
+    student = build_student(teacher, settings.layers, settings.lora_rank)
+    student.train()
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
+    pad_id = tokenizer.pad_token_id
+    initial_kl = held_out_kl(student, teacher, holdout, settings.batch_size, pad_id)
+    losses: list[float] = []
+    seconds = 0.0
+    state = _load_checkpoint(partial, settings) if resume else None
+    if state is not None:
+        _restore(student, optimizer, state)
+        losses, seconds = state["losses"], state["seconds"]
+    bar = tqdm(total=settings.steps, initial=len(losses), unit="step", desc=f"heal {settings.spec}", disable=not progress)
+    for step in range(len(losses), settings.steps):
+        start = time.perf_counter()
+        ids, mask = pad_batch(batch_at(step, train, settings), pad_id)
+        losses.append(train_step(student, optimizer, teacher, ids, mask, settings.bf16))
+        seconds += time.perf_counter() - start
+        bar.set_postfix(kl=f"{np.mean(losses[-10:]):.3f}")
+        bar.update(1)
+        if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
+            _save_checkpoint(partial, settings, student, optimizer, losses, seconds)
+    bar.close()
+    student.eval()
+    metadata = {
+        "base_model": settings.model,
+        "num_layers": teacher.config.get_text_config().num_hidden_layers,
+        "layers": list(settings.layers),
+        "spec": settings.spec,
+        "settings": asdict(settings),
+        "data": {"sources": list(settings.sources), "train_ids": [t.id for t in train],
+                 "holdout_ids": [t.id for t in holdout], "calibration_ids": list(calibration_ids)},
+        "kl": {"initial": initial_kl, "final": held_out_kl(student, teacher, holdout, settings.batch_size, pad_id),
+               "holdout_windows": len(holdout)},
+        "losses": losses,
+        "train_seconds": seconds,
+        "versions": package_versions(),
+    }
+    save_variant(student, tokenizer, metadata, out)
+    shutil.rmtree(partial, ignore_errors=True)
+    return metadata
+
+
+def _autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def _check_out(out: Path, partial: Path, resume: bool) -> None:
+    if out.exists():
+        raise BadInput(f"{str(out)!r} already exists; choose another --out or delete it")
+    if partial.exists() and not resume:
+        raise BadInput(f"an interrupted heal run is in {str(partial)!r}; pass --resume to continue it, or delete it")
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"cannot write {str(partial)!r} ({err.strerror or err})") from None
+
+
+def _save_checkpoint(partial: Path, settings, student, optimizer, losses, seconds) -> None:
+    state = {
+        "settings": asdict(settings),
+        "trainable": {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "losses": list(losses),
+        "seconds": seconds,
+    }
+    tmp = partial / f".{CHECKPOINT}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, partial / CHECKPOINT)
+
+
+def _load_checkpoint(partial: Path, settings: HealSettings) -> dict | None:
+    path = partial / CHECKPOINT
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=False)
+    stored, now = {**state["settings"], "steps": None}, {**asdict(settings), "steps": None}
+    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
+    diff = [k for k in now if stored.get(k) != now[k]]
+    if diff:
+        raise BadInput(f"--resume: {str(partial)!r} was made with different settings ({diff[0]}: "
+                       f"{stored.get(diff[0])!r} there, {now[diff[0]]!r} now)")
+    if len(state["losses"]) > settings.steps:
+        raise BadInput(f"--resume: the checkpoint is past step {settings.steps} already")
+    return state
+
+
+def _restore(student, optimizer, state: dict) -> None:
+    params = dict(student.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])

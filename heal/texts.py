@@ -1,0 +1,70 @@
+"""Training text for healing: task examples the oracle does not evaluate.
+
+The default source is the *last* rows of each named task (evaluation runs take
+the first rows, and the oracle refuses a healed candidate whose training ids
+overlap the evaluated ones).  Each text is the chat prompt followed by the
+reference answer and EOS, cut to its last `seq_len` tokens so every window ends
+with the answer, where a healed variant will be generating.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from skiporacle.data.errors import BadInput
+from skiporacle.data.prompts import fit_prompt
+from skiporacle.data.tasks import Example, Task, load_task
+
+DEFAULT_SOURCES = ("xsum", "samsum")
+
+
+@dataclass(frozen=True)
+class HealText:
+    """One training window: `id` is "task:example id"; `tokens` has 2 to seq_len ids."""
+
+    id: str
+    tokens: tuple[int, ...]
+
+
+def heal_examples(sources: Sequence[str], per_task: int) -> list[tuple[Task, Example]]:
+    """The last `per_task` examples of each task in `sources`, interleaved task by task."""
+    if per_task < 1:
+        raise BadInput(f"heal texts: need at least 1 example per task, got {per_task}")
+    groups = []
+    for name in sources:
+        task, examples = load_task(name)
+        groups.append([(task, e) for e in examples[-per_task:]])
+    longest = max(map(len, groups))
+    return [g[k] for k in range(longest) for g in groups if k < len(g)]
+
+
+def example_id(task: Task, example: Example) -> str:
+    """The id a heal run records for an example: "task:id", as the oracle compares them."""
+    return f"{task.name}:{example.id}"
+
+
+def heal_texts(examples: Sequence[tuple[Task, Example]], tokenizer, seq_len: int) -> list[HealText]:
+    """One window per example: the last `seq_len` tokens of prompt + first reference + EOS."""
+    if seq_len < 2:
+        raise BadInput(f"heal texts: windows need at least 2 tokens, got {seq_len}")
+    out = []
+    for task, example in examples:
+        prompt, _ = fit_prompt(task, example, tokenizer, 10**6)
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        ids += tokenizer(example.references[0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        out.append(HealText(example_id(task, example), tuple(ids[-seq_len:])))
+    return out
+
+
+def pad_batch(texts: Sequence[HealText], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids [B, L] and attention_mask [B, L], right-padded (every window starts at position 0)."""
+    width = max(len(t.tokens) for t in texts)
+    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), width), dtype=torch.long)
+    for b, text in enumerate(texts):
+        ids[b, : len(text.tokens)] = torch.tensor(text.tokens)
+        mask[b, : len(text.tokens)] = 1
+    return ids, mask
