@@ -160,7 +160,7 @@ def curves(args: argparse.Namespace) -> int:
 def heal(args: argparse.Namespace) -> int:
     """Distil one allocation into a healed variant folder (resumable)."""
     from skiporacle.data.prompts import fit_prompt
-    from skiporacle.eval.model import num_layers
+    from skiporacle.eval.model import EMBEDDED_MODELS, num_layers
     from skiporacle.heal.distil import HealSettings, heal as run_heal
     from skiporacle.heal.texts import example_id, heal_examples
     from skiporacle.oracle.run import cached_drop_order
@@ -181,7 +181,8 @@ def heal(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         raise BadInput(f"{str(out)!r} already exists; choose another --out or delete it")
-    model, tokenizer = load_model_cached(args.model, "float32")
+    model_name = args.model if args.model in EMBEDDED_MODELS else str(Path(args.model).resolve())
+    model, tokenizer = load_model_cached(model_name, "float32")
     n = num_layers(model)
     calibration: tuple[str, ...] = ()
     kind, _, budget = args.layers.partition(":")
@@ -195,7 +196,7 @@ def heal(args: argparse.Namespace) -> int:
         prompts = [fit_prompt(task, e, tokenizer, context - max_new_tokens)[0] for task, e in examples]
         calibration = tuple(example_id(task, e) for task, e in examples)
         out.parent.mkdir(parents=True, exist_ok=True)
-        order = cached_drop_order(out.parent / "importance.json", args.model, "float32", list(calibration), prompts,
+        order = cached_drop_order(out.parent / "importance.json", model_name, "float32", list(calibration), prompts,
                                   max_new_tokens, progress=True)
         allocation = importance_space([keep], order)[0]
     else:
@@ -203,7 +204,7 @@ def heal(args: argparse.Namespace) -> int:
     if allocation.is_full:
         raise BadInput(f"--layers {args.layers!r} keeps every layer: nothing to heal")
     settings = HealSettings(
-        model=args.model, layers=allocation.layers, spec=allocation.spec, steps=args.steps, learning_rate=learning_rate,
+        model=model_name, layers=allocation.layers, spec=allocation.spec, steps=args.steps, learning_rate=learning_rate,
         batch_size=args.batch_size, seq_len=args.seq_len, bf16=args.bf16, lora_rank=args.lora, seed=args.seed,
         sources=sources, examples=args.examples, holdout=args.holdout, checkpoint_every=args.checkpoint_every,
     )

@@ -100,13 +100,15 @@ def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated
     root = Path(folder)
     if not root.is_dir():
         raise BadInput(f"healed space: {str(root)!r} is not a folder (make one with `skiporacle heal`)")
-    variants = sorted(p for p in root.iterdir() if (p / HEAL_METADATA).is_file())
+    # Hidden folders are variants still being written (see heal/student.py).
+    variants = sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / HEAL_METADATA).is_file())
     if not variants:
         raise BadInput(f"healed space: no healed variant (a folder with {HEAL_METADATA}) in {str(root)!r}")
     out = []
     for path in variants:
         meta = read_heal_metadata(path)
-        if meta["base_model"] != base_model or meta["num_layers"] != num_layers:
+        same_base = meta["base_model"] == base_model or Path(meta["base_model"]).resolve() == Path(base_model).resolve()
+        if not same_base or meta["num_layers"] != num_layers:
             raise BadInput(f"healed variant {str(path)!r} was distilled from {meta['base_model']} "
                            f"({meta['num_layers']} layers), not {base_model} ({num_layers} layers)")
         used = set(meta["data"]["train_ids"]) | set(meta["data"]["holdout_ids"]) | set(meta["data"].get("calibration_ids", []))

@@ -189,3 +189,37 @@ def test_cli_heal_then_oracle_over_healed_variants_and_overlap_refused(tiny_llm_
     err = capsys.readouterr().err
     assert "was trained on 1 evaluated sequence" in err and err.count("\n") == 1
     assert not (tmp_path / "overlap" / "allocations.jsonl").exists()
+
+
+def _fake_variant(folder: Path, **meta) -> None:
+    folder.mkdir(parents=True)
+    base = {"base_model": "smollm2-135m", "num_layers": 30, "layers": [0, 1, 2, 29],
+            "data": {"train_ids": ["xsum:a"], "holdout_ids": ["xsum:b"], "calibration_ids": ["samsum:c"]}}
+    (folder / "heal.json").write_text(json.dumps({**base, **meta}))
+
+
+def test_healed_space_lists_variants_with_twins_and_refuses_what_it_cannot_use(tmp_path):
+    from skiporacle.search.spaces import healed_space
+
+    _fake_variant(tmp_path / "m" / "b")
+    _fake_variant(tmp_path / "m" / "a", layers=[0, 1, 29])
+    _fake_variant(tmp_path / "m" / ".c.tmp7")  # a variant still being written
+    (tmp_path / "m" / "d.partial").mkdir()
+    space = healed_space(tmp_path / "m", 30, "smollm2-135m", {"xsum:z"})
+    assert [(a.spec, a.layers, bool(a.weights)) for a in space] == [
+        ("healed:a", (0, 1, 29), True), ("base:a", (0, 1, 29), False),
+        ("healed:b", (0, 1, 2, 29), True), ("base:b", (0, 1, 2, 29), False)]
+    assert space[0].weights == str((tmp_path / "m" / "a").resolve())
+    for evaluated in ({"xsum:a"}, {"xsum:b"}, {"samsum:c"}):
+        with pytest.raises(BadInput, match="trained on 1 evaluated sequence"):
+            healed_space(tmp_path / "m", 30, "smollm2-135m", evaluated)
+    assert healed_space(tmp_path / "m", 30, "smollm2-135m", {"samsum:a"})  # ids are per task
+    with pytest.raises(BadInput, match="distilled from smollm2-135m"):
+        healed_space(tmp_path / "m", 30, "other-model", set())
+    with pytest.raises(BadInput, match="30 layers"):
+        healed_space(tmp_path / "m", 24, "smollm2-135m", set())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInput, match="no healed variant"):
+        healed_space(tmp_path / "empty", 30, "smollm2-135m", set())
+    with pytest.raises(BadInput, match="not a folder"):
+        healed_space(tmp_path / "missing", 30, "smollm2-135m", set())

@@ -390,8 +390,11 @@ def test_parse_budgets():
 def test_parse_spaces():
     assert parse_spaces("uniform, early-exit,importance") == ["uniform", "early-exit", "importance"]
     assert parse_spaces("random,file:/x/y.json") == ["random", "file:/x/y.json"]
+    assert parse_spaces("healed,healed:m/x") == ["healed", "healed:m/x"]
     for text, message in (("bogus", "unknown space 'bogus'"), ("uniform,exit", "unknown space 'exit'"),
-                          ("", "no allocation space"), (",", "no allocation space")):
+                          ("", "no allocation space"), (",", "no allocation space"),
+                          ("uniform:3", "only file:PATH and healed"), ("file", "only file:PATH and healed"),
+                          ("file:", "only file:PATH and healed")):
         with pytest.raises(BadInput, match=message):
             parse_spaces(text)
 
