@@ -30,7 +30,7 @@ from skiporacle.oracle.records import (
     read_records,
 )
 from skiporacle.oracle.select import KnapsackCurve, bootstrap_means, cheapest_identical, cheapest_matching, knapsack
-from skiporacle.search.allocation import early_exit, full, uniform
+from skiporacle.search.allocation import full, uniform
 from skiporacle.search.spaces import (
     early_exit_space,
     file_space,
