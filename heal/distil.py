@@ -197,7 +197,6 @@ def _load_checkpoint(partial: Path, settings: HealSettings) -> dict | None:
         return None
     state = torch.load(path, weights_only=False)
     stored, now = {**state["settings"], "steps": None}, {**asdict(settings), "steps": None}
-    stored = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
     diff = [k for k in now if stored.get(k) != now[k]]
     if diff:
         raise BadInput(f"--resume: {str(partial)!r} was made with different settings ({diff[0]}: "

@@ -187,9 +187,9 @@ def heal(args: argparse.Namespace) -> int:
     calibration: tuple[str, ...] = ()
     kind, _, budget = args.layers.partition(":")
     if kind == "importance":
-        (keep,) = parse_budgets(budget, n) if budget and "," not in budget else (None,)
-        if keep is None:
+        if not budget or "," in budget:
             raise BadInput(f"--layers {args.layers!r}: expected importance:N with one budget N")
+        (keep,) = parse_budgets(budget, n)
         examples = heal_examples(sources, args.examples)[: args.calibration]
         max_new_tokens = 48
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or tokenizer.model_max_length

@@ -223,3 +223,19 @@ def test_healed_space_lists_variants_with_twins_and_refuses_what_it_cannot_use(t
         healed_space(tmp_path / "empty", 30, "smollm2-135m", set())
     with pytest.raises(BadInput, match="not a folder"):
         healed_space(tmp_path / "missing", 30, "smollm2-135m", set())
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layers", "0-2", "--steps", "0"], "--steps must be at least 1"),
+    (["--layers", "0-2", "--steps", "1", "--lr", "-1"], "--lr must be positive"),
+    (["--layers", "importance:", "--steps", "1"], "expected importance:N with one budget N"),
+    (["--layers", "importance:3,4", "--steps", "1"], "expected importance:N with one budget N"),
+    (["--layers", "importance:9", "--steps", "1"], "budget 9 out of range"),
+    (["--layers", "all", "--steps", "1"], "keeps every layer: nothing to heal"),
+    (["--layers", "0-2", "--steps", "1", "--sources", "nope"], "unknown task 'nope'"),
+])
+def test_cli_heal_bad_input_gets_one_line_and_exit_2(tiny_llm_dir, tmp_path, capsys, extra, message):
+    code = main(["heal", "--model", str(tiny_llm_dir), "--out", str(tmp_path / "v"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "v").exists()
