@@ -164,9 +164,14 @@ def _autocast(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
-def _check_out(out: Path, partial: Path, resume: bool) -> None:
+def refuse_existing(out: Path) -> None:
+    """BadInput if the variant folder `out` exists already (a heal never overwrites one)."""
     if out.exists():
         raise BadInput(f"{str(out)!r} already exists; choose another --out or delete it")
+
+
+def _check_out(out: Path, partial: Path, resume: bool) -> None:
+    refuse_existing(out)
     if partial.exists() and not resume:
         raise BadInput(f"an interrupted heal run is in {str(partial)!r}; pass --resume to continue it, or delete it")
     try:

@@ -24,6 +24,7 @@ from skiporacle.data.errors import BadInput
 from skiporacle.eval.model import decoder_layers, layer_path, sliced_config
 from skiporacle.search.spaces import HEAL_METADATA
 
+
 def build_student(base: PreTrainedModel, layers: tuple[int, ...], lora_rank: int = 0) -> PreTrainedModel:
     """A trainable copy of `base` running only `layers`; only decoder-layer weights require grad.
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from skiporacle.data.errors import BadInput
 from skiporacle.oracle.records import load_run
 from skiporacle.oracle.run import OracleSettings, run_oracle
-from skiporacle.oracle.setup import load_examples, load_inputs, load_model_cached
+from skiporacle.oracle.setup import load_examples, load_inputs, load_model_cached, prompt_budget
 from skiporacle.search.spaces import parse_budgets, parse_spaces
 
 
@@ -161,7 +161,7 @@ def heal(args: argparse.Namespace) -> int:
     """Distil one allocation into a healed variant folder (resumable)."""
     from skiporacle.data.prompts import fit_prompt
     from skiporacle.eval.model import EMBEDDED_MODELS, num_layers
-    from skiporacle.heal.distil import HealSettings, heal as run_heal
+    from skiporacle.heal.distil import HealSettings, heal as run_heal, refuse_existing
     from skiporacle.heal.texts import example_id, heal_examples
     from skiporacle.oracle.run import cached_drop_order
     from skiporacle.search.allocation import parse_spec
@@ -179,8 +179,7 @@ def heal(args: argparse.Namespace) -> int:
     if not sources:
         raise BadInput("--sources: no task given")
     out = Path(args.out)
-    if out.exists():
-        raise BadInput(f"{str(out)!r} already exists; choose another --out or delete it")
+    refuse_existing(out)  # before the model loads and the layers are ranked
     model_name = args.model if args.model in EMBEDDED_MODELS else str(Path(args.model).resolve())
     model, tokenizer = load_model_cached(model_name, "float32")
     n = num_layers(model)
@@ -191,9 +190,9 @@ def heal(args: argparse.Namespace) -> int:
             raise BadInput(f"--layers {args.layers!r}: expected importance:N with one budget N")
         (keep,) = parse_budgets(budget, n)
         examples = heal_examples(sources, args.examples)[: args.calibration]
-        max_new_tokens = 48
-        context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or tokenizer.model_max_length
-        prompts = [fit_prompt(task, e, tokenizer, context - max_new_tokens)[0] for task, e in examples]
+        max_new_tokens = 48  # the oracle's default: rank layers on continuations as long as it decodes
+        _, budget = prompt_budget(model, tokenizer, max_new_tokens)
+        prompts = [fit_prompt(task, e, tokenizer, budget)[0] for task, e in examples]
         calibration = tuple(example_id(task, e) for task, e in examples)
         out.parent.mkdir(parents=True, exist_ok=True)
         order = cached_drop_order(out.parent / "importance.json", model_name, "float32", list(calibration), prompts,

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from skiporacle.eval.model import num_layers  # noqa: E402
 from skiporacle.eval.teacher import final_hidden, teacher_forced_passes  # noqa: E402
 from skiporacle.oracle.select import bootstrap_means, cheapest_identical, cheapest_matching, knapsack  # noqa: E402
-from skiporacle.oracle.summary import score_matrix, space_of  # noqa: E402
+from skiporacle.oracle.summary import score_matrix, space_of, training_free_columns  # noqa: E402
 from skiporacle.search.allocation import early_exit, uniform  # noqa: E402
 
 FIELDS = ("series", "spec", "percent_layers", "mean_score", "low", "high")
@@ -44,7 +44,7 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int, seed: int 
         chosen = np.where(choice >= 0, choice, len(costs) - 1)
         mean_layers = float(np.mean([costs[k] for k in chosen]))
         point(series, series, mean_layers, scores[np.arange(n), chosen])
-    training_free = [k for k, s in enumerate(specs) if space_of(s) != "healed"]
+    training_free = training_free_columns(specs)
     subsets = [("knapsack", list(range(len(specs))))]
     if len(training_free) < len(specs):  # healed candidates present: also the curve without them
         subsets.append(("knapsack-training-free", training_free))

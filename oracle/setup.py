@@ -15,6 +15,12 @@ from skiporacle.eval.model import load_model, num_layers
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
+def prompt_budget(model, tokenizer, max_new_tokens: int) -> tuple[int, int]:
+    """(context length, most prompt tokens that leave room for `max_new_tokens`), in tokens."""
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or tokenizer.model_max_length
+    return context, context - max_new_tokens
+
+
 @lru_cache(maxsize=2)
 def load_model_cached(name: str, dtype: str):
     """(model, tokenizer), loaded once per process: joblib and Dask workers reuse it across batches."""
@@ -49,8 +55,7 @@ def load_inputs(settings) -> RunInputs:
     except BadInput:  # no examples left after the evaluated ones
         calibration = []
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
-    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or tokenizer.model_max_length
-    budget = context - settings.max_new_tokens
+    context, budget = prompt_budget(model, tokenizer, settings.max_new_tokens)
     fitted = [fit_prompt(task, e, tokenizer, budget) for e in examples]
     truncated = sum(t for _, t in fitted)
     if truncated:

@@ -32,6 +32,11 @@ def space_of(spec: str) -> str:
     )
 
 
+def training_free_columns(specs: list[str]) -> list[int]:
+    """Indices of the candidates that use the model's own weights (all but the `healed:` ones)."""
+    return [k for k, s in enumerate(specs) if space_of(s) != "healed"]
+
+
 def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) -> dict:
     """Compute the summary of the run in `out` and write summary.json."""
     settings, records, _ = load_run(out)
@@ -78,7 +83,7 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
 
 def _training_free(specs, scores, costs, full_scores, tolerance) -> dict:
     """The oracle figures again without the healed candidates, when there are any."""
-    keep = [k for k, s in enumerate(specs) if space_of(s) != "healed"]
+    keep = training_free_columns(specs)
     if len(keep) == len(specs):
         return {}
     kept_costs = [costs[k] for k in keep]
