@@ -16,8 +16,15 @@ MODELS   ?= models
 HEAL_BUDGETS ?= 24 20 16
 HEAL_STEPS   ?= 150
 HEAL_ARGS    ?= --bf16
+# Controller labels: rows LABEL_OFFSET.. of TASK, disjoint from make oracle's rows (0..N-1, N <= 100), its
+# calibration rows (N..N+7), the ranking rows (xsum 60-67) and the healing rows (the last 200 of xsum and samsum).
+LABEL_N       ?= 300
+LABEL_OFFSET  ?= 100
+LABEL_BUDGETS ?= 20,22,24,25,26,27,28,29
+RANKING       ?= runs/ranking.json
+LABELS        ?= runs/labels-$(subst :,-,$(TASK))-$(LABEL_N)
 
-.PHONY: setup heal oracle perplexity dump curves test bench clean
+.PHONY: setup ranking labels heal oracle perplexity dump curves test bench clean
 
 setup: $(STAMP)
 
@@ -41,6 +48,15 @@ heal: setup  ## healed variants of the embedded model in MODELS/heal-B, B in HEA
 oracle: setup  ## per-sequence oracle search on the embedded model (resumes an interrupted run in OUT)
 	$(BIN)/skiporacle oracle --task $(TASK) --limit $(N) --model $(MODEL) --space $(SPACE) \
 		--budgets $(BUDGETS) --out $(OUT) --resume $(ARGS)
+
+$(RANKING): | setup
+	$(BIN)/skiporacle rank --task xsum --offset 60 --limit 8 --model $(MODEL) --out $@
+
+ranking: $(RANKING)  ## the fixed importance order (xsum rows 60-67) that names the labels' candidates in every run
+
+labels: setup $(RANKING)  ## controller labels: the oracle on LABEL_N rows from LABEL_OFFSET, importance:LABEL_BUDGETS (resumes)
+	$(BIN)/skiporacle oracle --task $(TASK) --offset $(LABEL_OFFSET) --limit $(LABEL_N) --model $(MODEL) \
+		--space importance --budgets $(LABEL_BUDGETS) --importance $(RANKING) --calibration 0 --out $(LABELS) --resume
 
 perplexity: setup  ## reference perplexity under every candidate of the run in OUT
 	$(BIN)/skiporacle perplexity --run $(OUT)

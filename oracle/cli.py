@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of the random space (default: 0)")
     g.add_argument("--calibration", type=int, default=8,
                    help="sequences after the evaluated ones used to rank layer importance (default: 8)")
+    g.add_argument("--importance", metavar="FILE",
+                   help=("take the importance order from FILE (an importance.json written by `skiporacle rank` or by "
+                         "another run) instead of ranking layers on the calibration rows, so that importance:B names "
+                         "the same layers in every run"))
     g.add_argument("--tolerance", type=float, default=0.0,
                    help="rule oracle: a candidate matches if its score >= full score - tolerance (default: 0)")
     g = orc.add_argument_group("run")
@@ -103,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in --out; ids already done are skipped")
     g.add_argument("--workers", type=int, default=1, help="worker processes (joblib), each loading the model once (default: 1)")
     g.add_argument("--scheduler", metavar="TCP://HOST:PORT", help="run the workers on this Dask cluster (needs .[dask])")
+
+    rnk = sub.add_parser("rank", help="rank layers by importance on fixed rows, for --importance",
+                         description=("Measure the importance order (the damage of removing each layer alone: perplexity "
+                                      "of the full model's greedy continuations) on rows OFFSET..OFFSET+LIMIT-1 of a task, "
+                                      "and write it to --out for `skiporacle oracle --importance`."))
+    _add_data_args(rnk)
+    _add_model_args(rnk)
+    rnk.add_argument("--out", required=True, help="the importance.json to write")
 
     ppl = sub.add_parser("perplexity", help="perplexity of the references under each candidate of a run",
                          description=("Teacher-forced perplexity of each sequence's first reference under every candidate "

@@ -29,6 +29,7 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
         max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=getattr(args, "seed", 0),
         tolerance=getattr(args, "tolerance", 0.0), calibration=getattr(args, "calibration", 0),
         prompt_under_allocation=args.prompt_under_allocation, batch_size=args.batch_size,
+        importance_file=getattr(args, "importance", None),
     )
     if not settings.metric:
         task, _ = load_examples(settings, 1, 0)
@@ -97,6 +98,22 @@ def oracle(args: argparse.Namespace) -> int:
         free_reach = free["knapsack_percent_layers_at_full_quality"]
         print(f"without healed candidates: rule {free['rule']['mean_percent_layers']:.1f} % of layers; knapsack "
               + (f"{free_reach:.1f} %" if free_reach is not None else "no budget"))
+    return 0
+
+
+def rank(args: argparse.Namespace) -> int:
+    """Rank the layers by importance on fixed rows; write the ranking for `oracle --importance`."""
+    from skiporacle.oracle.records import check_writable
+    from skiporacle.oracle.run import cached_drop_order
+
+    settings = _settings(args)
+    inputs = load_inputs(_replace(settings, calibration=0))
+    target = Path(args.out)
+    check_writable(target.parent)
+    target.unlink(missing_ok=True)  # measure afresh: the rows may be the same ids of another model or prompt
+    order = cached_drop_order(target, settings.model, settings.dtype, inputs.ids, inputs.prompts,
+                              settings.max_new_tokens, progress=True)
+    print(f"skiporacle: drop order (least damaging first) {','.join(map(str, order))}; wrote {target}")
     return 0
 
 

@@ -61,6 +61,7 @@ class OracleSettings:
     calibration: int
     prompt_under_allocation: bool
     batch_size: int = 0  # most sequences per batch; 0 = chosen from model and prompt sizes
+    importance_file: str | None = None  # a stored ranking (importance.json) instead of ranking on calibration rows
 
 
 def build_candidates(settings: OracleSettings, inputs: RunInputs, out: Path, progress: bool) -> list[Allocation]:
@@ -93,11 +94,29 @@ def build_candidates(settings: OracleSettings, inputs: RunInputs, out: Path, pro
 
 
 def _drop_order(settings: OracleSettings, inputs: RunInputs, out: Path, progress: bool) -> tuple[int, ...]:
-    """The importance drop order, measured once per run folder on the calibration split."""
+    """The importance drop order: from `settings.importance_file`, else measured once per run folder on the calibration split."""
+    if settings.importance_file:
+        stored = read_ranking(Path(settings.importance_file), settings.model, inputs.num_layers)
+        write_json_atomic(out / IMPORTANCE, {**stored, "source": settings.importance_file})
+        return tuple(stored["drop_order"])
     if not inputs.calibration_prompts:
         raise BadInput("the importance space needs calibration examples after the evaluated ones; lower --limit or --offset")
     return cached_drop_order(out / IMPORTANCE, settings.model, settings.dtype, inputs.calibration_ids,
                              inputs.calibration_prompts, settings.max_new_tokens, progress)
+
+
+def read_ranking(path: Path, model_name: str, num_layers: int) -> dict:
+    """A stored importance.json, checked to rank every layer of `model_name` (BadInput otherwise)."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        order = stored["drop_order"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BadInput(f"--importance {str(path)!r}: not a readable importance.json ({err})") from None
+    if sorted(order) != list(range(num_layers)):
+        raise BadInput(f"--importance {str(path)!r}: its drop order does not rank the model's {num_layers} layers")
+    if stored.get("model", model_name) != model_name:
+        raise BadInput(f"--importance {str(path)!r} ranks the layers of {stored['model']!r}, not of {model_name!r}")
+    return stored
 
 
 def cached_drop_order(path: Path, model_name: str, dtype: str, ids: list[str], prompts: list[str],
