@@ -4,7 +4,10 @@ Loss: KL(full model || student) of the next-token distribution, at every real
 position of each training window, averaged over positions (nats per token).
 The full model is the frozen teacher; the optimiser is AdamW at a constant
 learning rate.  Batch k of step s is a fixed function of (seed, s), so a run
-resumed from a checkpoint continues exactly as the uninterrupted run would.
+resumed from a checkpoint continues exactly as the uninterrupted run would
+(the checkpoint holds torch's random state too, for dropout: see checkpoint.py).
+Held-out KL is always measured in eval mode (no dropout), training runs in
+train mode.
 
 Layout while training `models/NAME`: `models/NAME.partial/checkpoint.pt`
 (written every `checkpoint_every` steps, atomically).  When done, the variant
@@ -15,7 +18,6 @@ Shapes: B = batch size, L = window length (tokens), V = vocabulary.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from contextlib import nullcontext
@@ -30,10 +32,9 @@ from transformers import PreTrainedModel
 
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.model import package_versions
+from skiporacle.heal.checkpoint import load_checkpoint, restore, save_checkpoint
 from skiporacle.heal.student import build_student, save_variant
-from skiporacle.heal.texts import DEFAULT_SOURCES, HealText, heal_examples, heal_texts, pad_batch
-
-CHECKPOINT = "checkpoint.pt"
+from skiporacle.heal.texts import DEFAULT_SOURCES, HealText, heal_examples, heal_texts, pad_batch, split_holdout
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,23 @@ def train_step(student, optimizer, teacher, ids: torch.Tensor, mask: torch.Tenso
 
 
 def held_out_kl(student, teacher, texts: list[HealText], batch_size: int, pad_id: int) -> float:
-    """KL (nats per token, float32) over held-out windows, weighted by their tokens."""
+    """KL (nats per token, float32) over held-out windows, weighted by their tokens.
+
+    Measured in eval mode (dropout off); the student is left in the mode it was in.
+    """
     total, tokens = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            ids, mask = pad_batch(texts[start : start + batch_size], pad_id)
-            logits = student(input_ids=ids, attention_mask=mask, use_cache=False).logits
-            n = int(mask.sum())
-            total += float(kl_per_token(logits, teacher_logprobs(teacher, ids, mask, False), mask)) * n
-            tokens += n
+    was_training = student.training
+    student.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                ids, mask = pad_batch(texts[start : start + batch_size], pad_id)
+                logits = student(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                n = int(mask.sum())
+                total += float(kl_per_token(logits, teacher_logprobs(teacher, ids, mask, False), mask)) * n
+                tokens += n
+    finally:
+        student.train(was_training)
     return total / tokens
 
 
@@ -108,14 +117,20 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
          progress: bool = True, calibration_ids: tuple[str, ...] = ()) -> dict:
     """Train the student of `settings.layers` and save it to `out`; return its metadata (also heal.json).
 
-    `calibration_ids` (recorded, never trained on here) are the examples that chose the layers, if any.
+    `calibration_ids` are the examples that chose the layers, if any: they must
+    be training rows (BadInput otherwise), so that held-out KL is measured on
+    rows that chose nothing.  `teacher` is put in eval mode.
     """
-    partial = out.with_name(out.name + ".partial")
-    _check_out(out, partial, resume)
     texts = heal_texts(heal_examples(settings.sources, settings.examples), tokenizer, settings.seq_len)
     if len(texts) < settings.holdout + settings.batch_size:
         raise BadInput(f"heal: {len(texts)} windows is too few for {settings.holdout} held out and batches of {settings.batch_size}")
-    holdout, train = texts[: settings.holdout], texts[settings.holdout :]
+    holdout, train = split_holdout(texts, settings.holdout)
+    strangers = sorted(set(calibration_ids) - {t.id for t in train})
+    if strangers:
+        raise BadInput(f"heal: calibration row {strangers[0]} is not a training row")
+    partial = out.with_name(out.name + ".partial")
+    _check_out(out, partial, resume)
+    teacher.eval()
     torch.manual_seed(settings.seed)
     student = build_student(teacher, settings.layers, settings.lora_rank)
     student.train()
@@ -125,9 +140,9 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
     initial_kl = held_out_kl(student, teacher, holdout, settings.batch_size, pad_id)
     losses: list[float] = []
     seconds = 0.0
-    state = _load_checkpoint(partial, settings) if resume else None
+    state = load_checkpoint(partial, asdict(settings)) if resume else None
     if state is not None:
-        _restore(student, optimizer, state)
+        restore(student, optimizer, state)
         losses, seconds = state["losses"], state["seconds"]
     bar = tqdm(total=settings.steps, initial=len(losses), unit="step", desc=f"heal {settings.spec}", disable=not progress)
     for step in range(len(losses), settings.steps):
@@ -138,7 +153,7 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
         bar.set_postfix(kl=f"{np.mean(losses[-10:]):.3f}")
         bar.update(1)
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-            _save_checkpoint(partial, settings, student, optimizer, losses, seconds)
+            save_checkpoint(partial, asdict(settings), student, optimizer, losses, seconds)
     bar.close()
     student.eval()
     metadata = {
@@ -148,7 +163,8 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
         "spec": settings.spec,
         "settings": asdict(settings),
         "data": {"sources": list(settings.sources), "train_ids": [t.id for t in train],
-                 "holdout_ids": [t.id for t in holdout], "calibration_ids": list(calibration_ids)},
+                 "holdout_ids": [t.id for t in holdout], "calibration_ids": list(calibration_ids),
+                 "source_hashes": sorted({t.source_hash for t in texts})},
         "kl": {"initial": initial_kl, "final": held_out_kl(student, teacher, holdout, settings.batch_size, pad_id),
                "holdout_windows": len(holdout)},
         "losses": losses,
@@ -178,42 +194,3 @@ def _check_out(out: Path, partial: Path, resume: bool) -> None:
         partial.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BadInput(f"cannot write {str(partial)!r} ({err.strerror or err})") from None
-
-
-def _save_checkpoint(partial: Path, settings, student, optimizer, losses, seconds) -> None:
-    state = {
-        "settings": asdict(settings),
-        "trainable": {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad},
-        "optimizer": optimizer.state_dict(),
-        "losses": list(losses),
-        "seconds": seconds,
-    }
-    tmp = partial / f".{CHECKPOINT}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, partial / CHECKPOINT)
-
-
-def _load_checkpoint(partial: Path, settings: HealSettings) -> dict | None:
-    path = partial / CHECKPOINT
-    if not path.exists():
-        return None
-    state = torch.load(path, weights_only=False)
-    stored, now = {**state["settings"], "steps": None}, {**asdict(settings), "steps": None}
-    diff = [k for k in now if stored.get(k) != now[k]]
-    if diff:
-        raise BadInput(f"--resume: {str(partial)!r} was made with different settings ({diff[0]}: "
-                       f"{stored.get(diff[0])!r} there, {now[diff[0]]!r} now)")
-    if len(state["losses"]) > settings.steps:
-        raise BadInput(f"--resume: the checkpoint is past step {settings.steps} already")
-    return state
-
-
-def _restore(student, optimizer, state: dict) -> None:
-    params = dict(student.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state["trainable"].items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(state["optimizer"])

@@ -5,28 +5,37 @@ the first rows, and the oracle refuses a healed candidate whose training ids
 overlap the evaluated ones).  Each text is the chat prompt followed by the
 reference answer and EOS, cut to its last `seq_len` tokens so every window ends
 with the answer, where a healed variant will be generating.
+
+The first `holdout` rows (in `heal_examples` order) are held out to measure KL;
+the rest are trained on (`split_holdout`).  Every row carries the content hash
+of its source (`skiporacle.data.fingerprint`), so that the oracle can refuse
+evaluated rows with the same text under another id.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import torch
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.fingerprint import content_hash
 from skiporacle.data.prompts import fit_prompt
 from skiporacle.data.tasks import Example, Task, load_task
 
 DEFAULT_SOURCES = ("xsum", "samsum")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class HealText:
-    """One training window: `id` is "task:example id"; `tokens` has 2 to seq_len ids."""
+    """One training window: `id` is "task:example id"; `tokens` has 2 to seq_len ids;
+    `source_hash` is `content_hash` of the example's source text."""
 
     id: str
     tokens: tuple[int, ...]
+    source_hash: str = ""
 
 
 def heal_examples(sources: Sequence[str], per_task: int) -> list[tuple[Task, Example]]:
@@ -39,6 +48,11 @@ def heal_examples(sources: Sequence[str], per_task: int) -> list[tuple[Task, Exa
         groups.append([(task, e) for e in examples[-per_task:]])
     longest = max(map(len, groups))
     return [g[k] for k in range(longest) for g in groups if k < len(g)]
+
+
+def split_holdout(rows: Sequence[T], holdout: int) -> tuple[list[T], list[T]]:
+    """(held out, trained): the first `holdout` rows and the rest, for examples and windows alike."""
+    return list(rows[:holdout]), list(rows[holdout:])
 
 
 def example_id(task: Task, example: Example) -> str:
@@ -55,7 +69,7 @@ def heal_texts(examples: Sequence[tuple[Task, Example]], tokenizer, seq_len: int
         prompt, _ = fit_prompt(task, example, tokenizer, 10**6)
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
         ids += tokenizer(example.references[0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        out.append(HealText(example_id(task, example), tuple(ids[-seq_len:])))
+        out.append(HealText(example_id(task, example), tuple(ids[-seq_len:]), content_hash(example.source)))
     return out
 
 

@@ -179,7 +179,7 @@ def heal(args: argparse.Namespace) -> int:
     from skiporacle.data.prompts import fit_prompt
     from skiporacle.eval.model import EMBEDDED_MODELS, num_layers
     from skiporacle.heal.distil import HealSettings, heal as run_heal, refuse_existing
-    from skiporacle.heal.texts import example_id, heal_examples
+    from skiporacle.heal.texts import example_id, heal_examples, split_holdout
     from skiporacle.oracle.run import cached_drop_order
     from skiporacle.search.allocation import parse_spec
     from skiporacle.search.spaces import importance_space
@@ -206,7 +206,12 @@ def heal(args: argparse.Namespace) -> int:
         if not budget or "," in budget:
             raise BadInput(f"--layers {args.layers!r}: expected importance:N with one budget N")
         (keep,) = parse_budgets(budget, n)
-        examples = heal_examples(sources, args.examples)[: args.calibration]
+        # Rank on the first training rows: held-out rows then measure KL on rows that chose nothing.
+        _, training = split_holdout(heal_examples(sources, args.examples), args.holdout)
+        examples = training[: args.calibration]
+        if not examples:
+            raise BadInput(f"--layers {args.layers!r}: no training rows to rank the layers on "
+                           f"(--examples {args.examples} per task, --holdout {args.holdout})")
         max_new_tokens = 48  # the oracle's default: rank layers on continuations as long as it decodes
         _, budget = prompt_budget(model, tokenizer, max_new_tokens)
         prompts = [fit_prompt(task, e, tokenizer, budget)[0] for task, e in examples]

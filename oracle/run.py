@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.fingerprint import content_hash
 from skiporacle.eval.candidates import Candidate, score_candidates
 from skiporacle.eval.generate import encode_prompts, plan_batches
 from skiporacle.eval.importance import measure_importance
@@ -32,6 +33,7 @@ from skiporacle.search.spaces import (
     file_space,
     healed_space,
     importance_space,
+    pinned_candidates,
     random_space,
     uniform_space,
 )
@@ -84,7 +86,8 @@ def build_candidates(settings: OracleSettings, inputs: RunInputs, out: Path, pro
             allocations += file_space(arg, n)
         elif name == "healed":
             evaluated = {f"{settings.task}:{i}" for i in inputs.ids}
-            allocations += healed_space(arg or DEFAULT_HEALED, n, settings.model, evaluated)
+            texts = {content_hash(source) for source in inputs.sources}
+            allocations += healed_space(arg or DEFAULT_HEALED, n, settings.model, evaluated, texts)
     seen, unique = {(full(n).layers, "")}, []
     for allocation in allocations:
         if (allocation.layers, allocation.weights) not in seen:
@@ -196,7 +199,7 @@ def run_oracle(
     inputs = load_inputs(settings)
     done = open_run(out, _fingerprint(settings), resume)
     allocations = build_candidates(settings, inputs, out, progress)
-    pin_candidates(out, [[a.spec, list(a.layers)] + ([a.weights] if a.weights else []) for a in allocations])
+    pin_candidates(out, pinned_candidates(allocations))
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
     lengths = [len(r) for r in encode_prompts(tokenizer, inputs.prompts)]
     batches = plan_batches(lengths, model.config.get_text_config().num_attention_heads, settings.batch_size)

@@ -37,6 +37,7 @@ class RunInputs:
     calibration_prompts: list[str]
     num_layers: int
     truncated: int  # prompts whose source was shortened to fit the context
+    sources: tuple[str, ...] = ()  # the evaluated examples' source texts, uncut (for content-overlap checks)
 
 
 def load_examples(settings, limit: int, offset: int) -> tuple[Task, list[Example]]:
@@ -70,4 +71,5 @@ def load_inputs(settings) -> RunInputs:
         calibration_prompts=calibration_prompts,
         num_layers=num_layers(model),
         truncated=truncated,
+        sources=tuple(e.source for e in examples),
     )

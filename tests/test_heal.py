@@ -164,7 +164,7 @@ def test_cli_heal_then_oracle_over_healed_variants_and_overlap_refused(tiny_llm_
     meta = json.loads((models / "heal-4" / "heal.json").read_text())
     order = json.loads((models / "importance.json").read_text())["drop_order"]
     assert meta["layers"] == sorted(set(range(6)) - set(order[:2]))
-    assert meta["data"]["calibration_ids"] == meta["data"]["holdout_ids"]  # the first windows
+    assert meta["data"]["calibration_ids"] == meta["data"]["train_ids"][:2]  # the first training windows
     assert main(args + ["--out", str(models / "heal-4")]) == 2
     assert "already exists" in capsys.readouterr().err
 
@@ -194,7 +194,8 @@ def test_cli_heal_then_oracle_over_healed_variants_and_overlap_refused(tiny_llm_
 def _fake_variant(folder: Path, **meta) -> None:
     folder.mkdir(parents=True)
     base = {"base_model": "smollm2-135m", "num_layers": 30, "layers": [0, 1, 2, 29],
-            "data": {"train_ids": ["xsum:a"], "holdout_ids": ["xsum:b"], "calibration_ids": ["samsum:c"]}}
+            "data": {"train_ids": ["xsum:a"], "holdout_ids": ["xsum:b"], "calibration_ids": ["samsum:c"],
+                     "source_hashes": []}}
     (folder / "heal.json").write_text(json.dumps({**base, **meta}))
 
 

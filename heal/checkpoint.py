@@ -1,0 +1,87 @@
+"""Checkpoints of an interrupted heal run: `models/NAME.partial/checkpoint.pt`.
+
+A checkpoint holds the trainable weights, the optimiser state, the losses so
+far, the training seconds, and torch's random number generator states (CPU,
+and CUDA when initialised), so that dropout masks after a resume are the ones
+the uninterrupted run would have drawn.  Batches need no saved state: they are
+a fixed function of (seed, step) (see `distil.batch_at`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from skiporacle.data.errors import BadInput
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def rng_state() -> dict:
+    """torch's generator states now: {"cpu": ByteTensor, "cuda": [ByteTensor per device] or absent}."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(partial: Path, settings: dict, student, optimizer, losses: list[float], seconds: float) -> None:
+    """Write `partial/checkpoint.pt` atomically (temporary file, fsync, rename); `settings` as `asdict`."""
+    state = {
+        "settings": settings,
+        "trainable": {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "losses": list(losses),
+        "seconds": seconds,
+        "rng": rng_state(),
+    }
+    tmp = partial / f".{CHECKPOINT}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, partial / CHECKPOINT)
+
+
+def load_checkpoint(partial: Path, settings: dict) -> dict | None:
+    """The checkpoint in `partial`, or None if there is none.
+
+    BadInput if it was made with settings other than `settings` (all but
+    "steps" must match) or is past `settings["steps"]` already.
+    """
+    path = partial / CHECKPOINT
+    if not path.exists():
+        return None
+    state = torch.load(path, weights_only=False)
+    stored, now = {**state["settings"], "steps": None}, {**settings, "steps": None}
+    diff = [k for k in now if stored.get(k) != now[k]]
+    if diff:
+        raise BadInput(f"--resume: {str(partial)!r} was made with different settings ({diff[0]}: "
+                       f"{stored.get(diff[0])!r} there, {now[diff[0]]!r} now)")
+    if len(state["losses"]) > settings["steps"]:
+        raise BadInput(f"--resume: the checkpoint is past step {settings['steps']} already")
+    return state
+
+
+def restore(student, optimizer, state: dict) -> None:
+    """Load the checkpoint's trainable weights, optimiser state and generator states."""
+    params = dict(student.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(state["optimizer"])
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    else:  # written before checkpoints held generator states
+        print("skiporacle: warning: this checkpoint holds no random state; with dropout the resumed run "
+              "will not match an uninterrupted one", file=sys.stderr)
