@@ -23,8 +23,10 @@ LABEL_OFFSET  ?= 100
 LABEL_BUDGETS ?= 20,22,24,25,26,27,28,29
 RANKING       ?= runs/ranking.json
 LABELS        ?= runs/labels-$(subst :,-,$(TASK))-$(LABEL_N)
+TRAIN_RUN     ?=
+CONTROLLER_ARGS ?=
 
-.PHONY: setup ranking labels heal oracle perplexity dump curves test bench clean
+.PHONY: setup ranking labels controller heal oracle perplexity dump curves test bench clean
 
 setup: $(STAMP)
 
@@ -57,6 +59,10 @@ ranking: $(RANKING)  ## the fixed importance order (xsum rows 60-67) that names 
 labels: setup $(RANKING)  ## controller labels: the oracle on LABEL_N rows from LABEL_OFFSET, importance:LABEL_BUDGETS (resumes)
 	$(BIN)/skiporacle oracle --task $(TASK) --offset $(LABEL_OFFSET) --limit $(LABEL_N) --model $(MODEL) \
 		--space importance --budgets $(LABEL_BUDGETS) --importance $(RANKING) --calibration 0 --out $(LABELS) --resume
+
+controller: labels  ## labels if missing (resumed), their plausibility, then the controller judged by k-fold CV (or trained on TRAIN_RUN)
+	$(BIN)/skiporacle plausibility --run $(LABELS)
+	$(BIN)/skiporacle controller --run $(LABELS) $(if $(TRAIN_RUN),--train $(TRAIN_RUN)) $(CONTROLLER_ARGS)
 
 perplexity: setup  ## reference perplexity under every candidate of the run in OUT
 	$(BIN)/skiporacle perplexity --run $(OUT)

@@ -1,0 +1,1 @@
+"""The controller: decide each sequence's allocation from its prompt alone, learned from oracle runs."""

@@ -1,0 +1,107 @@
+"""The controller's subcommands: `skiporacle controller` and `skiporacle generate --controller`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from skiporacle.data.errors import BadInput
+from skiporacle.data.fingerprint import content_hash
+
+
+def controller(args: argparse.Namespace) -> int:
+    """Evaluate a controller on a run (k-fold, or trained on --train), save it, write controller.json/.png."""
+    from skiporacle.controller.evaluate import EvalSettings
+    from skiporacle.controller.run import run_controller
+    from skiporacle.oracle.setup import load_model_cached
+
+    if args.folds < 2:
+        raise BadInput(f"--folds must be at least 2, got {args.folds}")
+    if args.resamples < 1:
+        raise BadInput(f"--resamples must be at least 1, got {args.resamples}")
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / ("controller" if not args.train else f"controller-from-{Path(args.train).name}")
+    settings = EvalSettings(tolerance=args.tolerance, folds=args.folds, seed=args.seed, resamples=args.resamples)
+    result = run_controller(run, out, Path(args.train) if args.train else None, settings, load_model_cached)
+    lo_hi = result["intervals"]
+    print(f"skiporacle: {result['mode']} on {result['sequences']} sequences of {run} "
+          f"({result['labels']} labels); wrote {out / 'controller.json'} and {out / 'controller.png'}")
+    print(f"full model: mean {result['metric']} {result['full_mean_score']:.2f}")
+    print(f"oracle (in-sample knapsack): full quality at {_fmt(result['oracle_layers_at_full_quality_percent'], lo_hi['oracle_layers_at_full_quality_percent'])} of layers")
+    print(f"controller (held-out, threshold mode): {_fmt(result['layers_at_full_quality_percent'], lo_hi['layers_at_full_quality_percent'])}; "
+          f"budget mode {_fmt(result['budget_mode']['layers_at_full_quality_percent'], result['budget_mode']['interval'])}")
+    kept = result["saving_kept"]
+    print("saving kept: " + ("none (the oracle saves nothing)" if kept is None else
+                             f"{100 * kept:.0f} % of the oracle's saving, 95 % interval "
+                             + _span(lo_hi["saving_kept"], scale=100)))
+    base = result["baselines"]
+    print(f"baselines: shuffled oracle {_fmt(base['shuffled_oracle_layers_at_full_quality_percent'], None)}, "
+          f"prompt-length controller {_fmt(base['prompt_length_layers_at_full_quality_percent'], base['prompt_length_interval'])}")
+    print(f"deployable controller (tau {result['deploy_tau']:.2f}): {out / 'model'}")
+    return 0
+
+
+def _fmt(value: float | None, span) -> str:
+    text = "never" if value is None else f"{value:.1f} %"
+    return text + (f" [{_span(span)}]" if span else "")
+
+
+def _span(span, scale: float = 1.0) -> str:
+    return "n/a" if not span else f"{scale * span[0]:.1f}-{scale * span[1]:.1f}"
+
+
+def deploy(args: argparse.Namespace, settings, inputs) -> int:
+    """`generate --controller DIR`: decide per sequence at prefill, generate with real skipping, and time it
+    against the full model on the same sequences in this process."""
+    import time
+
+    from skiporacle.controller.deploy import generate_with_controller
+    from skiporacle.controller.run import load_controller
+    from skiporacle.eval.generate import generate as run_generate
+    from skiporacle.eval.metrics import sequence_scores
+    from skiporacle.oracle.setup import load_model_cached
+    from skiporacle.search.allocation import Allocation, full
+
+    stored, fitted = load_controller(Path(args.controller))
+    if stored["num_layers"] != inputs.num_layers:
+        raise BadInput(f"controller {args.controller!r} is for a model of {stored['num_layers']} layers; "
+                       f"{settings.model!r} has {inputs.num_layers}")
+    if stored["model"] != settings.model:
+        raise BadInput(f"controller {args.controller!r} was trained on model {stored['model']!r}, not {settings.model!r}")
+    seen = set(stored["train_content_hashes"]) & {content_hash(p) for p in inputs.prompts}
+    if seen:
+        raise BadInput(f"{len(seen)} of these prompts were among the controller's training rows (by content); "
+                       "choose other rows (--offset) so that the scores are honest")
+    tau = stored["tau"] if args.tau is None else args.tau
+    n = inputs.num_layers
+    allocations = [Allocation(tuple(c[1]), n, c[0], c[2] if len(c) > 2 else "") for c in stored["candidates"]]
+    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    deployed = generate_with_controller(model, tokenizer, inputs.prompts, allocations, fitted, tau,
+                                        settings.max_new_tokens, settings.batch_size)
+    start = time.perf_counter()
+    baseline = run_generate(model, tokenizer, inputs.prompts, full(n), settings.max_new_tokens,
+                            max_batch=settings.batch_size)
+    full_seconds = time.perf_counter() - start
+    texts = [g.text for g in deployed.generations]
+    scores = sequence_scores(settings.metric, texts, inputs.references)
+    full_scores = sequence_scores(settings.metric, [g.text for g in baseline], inputs.references)
+    for example_id, choice, text, score in zip(inputs.ids, deployed.choices, texts, scores):
+        print(f"[{example_id}] {allocations[choice].spec} ({allocations[choice].cost} layers) "
+              f"{settings.metric}={score:.2f}\n  {text}")
+    layers = sum(allocations[c].cost for c in deployed.choices) / len(texts)
+    tokens = sum(len(g.tokens) for g in deployed.generations)
+    full_tokens = sum(len(g.tokens) for g in baseline)
+    print(f"\ncontroller (tau {tau:.2f}): mean {layers:.2f} of {n} layers ({100 * layers / n:.1f} %) per sequence; "
+          f"mean {settings.metric} {sum(scores) / len(scores):.2f} vs full model {sum(full_scores) / len(full_scores):.2f}")
+    print(f"time: controller {deployed.seconds:.1f} s ({tokens / deployed.seconds:.1f} tokens/s) vs full model "
+          f"{full_seconds:.1f} s ({full_tokens / full_seconds:.1f} tokens/s): speed ratio {full_seconds / deployed.seconds:.2f}x")
+    print(f"decisions: {1e3 * deployed.decide_seconds / deployed.batches:.2f} ms per batch of up to "
+          f"{-(-len(texts) // deployed.batches)} sequences, {1e6 * deployed.decide_seconds / len(texts):.0f} us per sequence; "
+          f"one full-model decode step takes about {1e3 * full_seconds / max(1, _steps(baseline, deployed.batches)):.1f} ms")
+    return 0
+
+
+def _steps(generations, batches: int) -> int:
+    """A rough count of full-model decode steps: the longest output per batch, batches of equal size assumed."""
+    longest = max((len(g.tokens) for g in generations), default=1)
+    return longest * batches

@@ -1,0 +1,77 @@
+"""Deployment: decide each sequence's allocation at prefill, then generate with real skipping.
+
+Per planned batch: one full-model prefill of the prompts (the engine's
+protocol) that also yields the controller's features; the controller picks
+an allocation per sequence; the sequences that chose the same allocation
+decode together from their rows of the shared prompt cache, running only that
+allocation's layers.
+
+Shapes: B = sequences in a batch, P = padded prompt length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from skiporacle.controller.decide import threshold_choices
+from skiporacle.controller.model import Fitted
+from skiporacle.eval.cache import AllocationCache
+from skiporacle.eval.features import prefill_features
+from skiporacle.eval.generate import _text, Generation, encode_prompts, eos_ids, greedy_decode, left_pad, plan_batches
+from skiporacle.eval.model import allocation_view
+from skiporacle.search.allocation import Allocation
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """Outputs [N], the chosen candidate index per sequence [N], and the measured seconds."""
+
+    generations: list[Generation]
+    choices: list[int]
+    seconds: float  # everything: prefill, features, decisions, decoding
+    decide_seconds: float  # the controller's predictions and choices alone
+    batches: int
+
+
+def rows_of(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A new cache holding only `rows` of `cache` (the prompt cache is never modified)."""
+    return DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+
+
+@torch.inference_mode()
+def generate_with_controller(
+    model: PreTrainedModel, tokenizer, prompts: Sequence[str], allocations: Sequence[Allocation], fitted: Fitted,
+    tau: float, max_new_tokens: int, max_batch: int = 0,
+) -> Deployed:
+    """Greedy outputs, each under the allocation the controller picks from its prompt (threshold `tau`)."""
+    start = time.perf_counter()
+    rows = encode_prompts(tokenizer, prompts)
+    eos = eos_ids(model, tokenizer)
+    costs = [a.cost for a in allocations]
+    outputs: list[Generation | None] = [None] * len(prompts)
+    choices = [0] * len(prompts)
+    decide = 0.0
+    batches = plan_batches([len(r) for r in rows], model.config.get_text_config().num_attention_heads, max_batch)
+    for batch in batches:
+        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
+        shared, features = prefill_features(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        started = time.perf_counter()
+        prob, _ = fitted.predict(features.numpy().astype("float64"))
+        chosen = threshold_choices(prob, costs, tau)
+        decide += time.perf_counter() - started
+        for a in sorted(set(chosen.tolist())):
+            picked = torch.tensor([b for b in range(len(batch)) if chosen[b] == a])
+            allocation = allocations[a]
+            cache = AllocationCache(allocation.layers, rows_of(shared, picked), reserve=max_new_tokens + 1)
+            generated = greedy_decode(allocation_view(model, allocation), cache, ids[picked, -1], mask[picked],
+                                      max_new_tokens, eos)
+            for b, tokens in zip(picked.tolist(), generated):
+                outputs[batch[b]] = Generation(tuple(tokens), _text(tokenizer, tokens, eos))
+                choices[batch[b]] = a
+    return Deployed(outputs, choices, time.perf_counter() - start, decide, len(batches))  # type: ignore[arg-type]
+

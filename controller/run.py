@@ -1,0 +1,176 @@
+"""`skiporacle controller`: features -> cross-validated (or cross-run) predictions -> controller.json,
+controller.png and a deployable controller folder.
+
+Flow: labels (an oracle run) and prompt features (the full model's prefill,
+cached in RUN/features.npz) -> out-of-fold predictions -> `evaluate` on the
+true scores -> a final controller trained on every training row, saved with
+its candidate list, feature version and the content hashes of its training
+prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from skiporacle.controller.decide import threshold_choices
+from skiporacle.controller.evaluate import (TAUS, EvalSettings, cross_validated, evaluate, fold_of, oracle_reach, percent,
+                                            reach, threshold_curve)
+from skiporacle.controller.labels import Labels, load_labels
+from skiporacle.controller.model import fit, load_arrays, save_arrays
+from skiporacle.data.errors import BadInput
+from skiporacle.eval.features import FEATURE_VERSION
+from skiporacle.oracle.records import write_json_atomic
+
+FEATURES = "features.npz"
+SCALAR_COLUMNS = lambda num_layers: 2 + 2 * num_layers  # noqa: E731  length, entropy, the two update blocks
+
+
+def run_features(labels: Labels, load_model) -> np.ndarray:
+    """Prompt features [N, F] of the run's rows, computed once and cached in RUN/features.npz."""
+    path = Path(labels.run) / FEATURES
+    if path.exists():
+        stored = np.load(path)
+        if int(stored["version"]) == FEATURE_VERSION and list(stored["ids"]) == labels.ids:
+            return stored["features"]
+    from skiporacle.eval.features import prompt_features
+
+    model, tokenizer = load_model(labels.settings["model"], labels.settings["dtype"])
+    features = prompt_features(model, tokenizer, labels.prompts, progress=True)
+    tmp = path.with_name(f".{FEATURES}.tmp.npz")
+    np.savez(tmp, ids=np.array(labels.ids), features=features, version=np.array(FEATURE_VERSION))
+    tmp.replace(path)
+    return features
+
+
+def check_compatible(train: Labels, test: Labels) -> None:
+    """Refuse (BadInput) a pair of runs a controller cannot be carried between, or that share a prompt."""
+    if train.settings["model"] != test.settings["model"]:
+        raise BadInput(f"{test.run!r} ran model {test.settings['model']!r}; the controller was trained on "
+                       f"{train.settings['model']!r}")
+    if train.candidates != test.candidates:
+        raise BadInput(f"{test.run!r} has other candidates than {train.run!r}; a controller applies only to runs "
+                       "with the same candidate list (use `oracle --importance` with the same ranking)")
+    shared = train.content_hashes() & test.content_hashes()
+    if shared:
+        raise BadInput(f"{test.run!r} shares {len(shared)} prompt(s) with the training run {train.run!r} (by content)")
+
+
+def _targets(labels: Labels, settings: EvalSettings, guarded: bool) -> tuple[np.ndarray, np.ndarray]:
+    return labels.matches(settings.tolerance, guarded), labels.scores - labels.full[:, None]
+
+
+def _guarded_scores(labels: Labels, guarded: bool) -> np.ndarray:
+    """True scores, with implausible candidates scored -inf for the oracle when guarded."""
+    if not guarded or labels.plausible is None:
+        return labels.scores
+    return np.where(labels.plausible, labels.scores, -np.inf)
+
+
+def _block(train: Labels, test: Labels, x_train, x_test, settings: EvalSettings, guarded: bool) -> dict:
+    """Figures of one label variant (with or without the plausibility guard) on the test rows."""
+    scalars = SCALAR_COLUMNS(train.num_layers)
+    match, delta = _targets(train, settings, guarded)
+    if train is test:
+        folds = fold_of(len(test.ids), settings.folds, settings.seed)
+        prob, pred = cross_validated(x_train, match, delta, scalars, folds)
+        length_prob, _ = cross_validated(x_train[:, :1], match, delta, 1, folds)
+    else:
+        prob, pred = fit(x_train, match, delta, scalars).predict(x_test)
+        length_prob, _ = fit(x_train[:, :1], match, delta, 1).predict(x_test[:, :1])
+    oracle_scores = _guarded_scores(test, guarded)
+    block = evaluate(prob, pred, length_prob, test.scores, test.costs, settings)  # judged on true scores
+    if guarded and test.plausible is not None:
+        block["oracle_layers_at_full_quality_percent_guarded"] = percent(oracle_reach(oracle_scores, test.costs),
+                                                                         test.num_layers)
+    block["labels"] = "guarded" if guarded else "unguarded"
+    return block
+
+
+def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalSettings, load_model) -> dict:
+    """Evaluate a controller on `run` (k-fold, or trained on `train_run`), save it, write controller.json."""
+    start = time.perf_counter()
+    test = load_labels(run, min_sequences=2 * settings.folds if train_run is None else 1)
+    train = test if train_run is None else load_labels(train_run, min_sequences=2)
+    if train is not test:
+        check_compatible(train, test)
+    x_train = run_features(train, load_model)
+    x_test = x_train if train is test else run_features(test, load_model)
+    variants = [False] + ([True] if train.plausible is not None and test.plausible is not None else [])
+    blocks = {g: _block(train, test, x_train, x_test, settings, g) for g in variants}
+    main = blocks[variants[-1]]
+    started = time.perf_counter()
+    final = fit(x_train, *_targets(train, settings, variants[-1]), SCALAR_COLUMNS(train.num_layers))
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    prob, _ = final.predict(x_test)
+    threshold_choices(prob, test.costs, 0.5)
+    decide_us = 1e6 * (time.perf_counter() - started) / len(x_test)
+    tau = _deploy_tau(final, x_train, train, settings, variants[-1])
+    out.mkdir(parents=True, exist_ok=True)
+    save_controller(out / "model", final, train, settings, variants[-1], tau)
+    summary_path = Path(test.run) / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    result = {
+        "run": test.run, "train_run": train.run, "mode": "cross-validation" if train is test else "cross-run",
+        "folds": settings.folds if train is test else None, "model": test.settings["model"],
+        "task": test.settings["task"], "metric": test.settings["metric"], "num_layers": test.num_layers,
+        "candidates": [c[0] for c in test.candidates], "costs": test.costs, "settings": asdict(settings),
+        **main,
+        **({"without_guard": blocks[False]} if len(variants) > 1 else {}),
+        "split_reference_oracle": summary.get("split_reference"),
+        "decision_microseconds_per_sequence": decide_us, "final_controller_train_seconds": train_seconds,
+        "deploy_tau": tau, "wall_seconds": time.perf_counter() - start,
+    }
+    write_json_atomic(out / "controller.json", result)
+    from skiporacle.controller.plot import plot_controller
+
+    plot_controller(out / "controller.png", result, test)
+    return result
+
+
+def _deploy_tau(final, x_train, train: Labels, settings: EvalSettings, guarded: bool) -> float:
+    """The threshold a deployed controller uses: the cheapest tau whose out-of-fold mean score on the
+    training rows reaches the full model's (chosen on training rows only)."""
+    match, delta = _targets(train, settings, guarded)
+    if len(train.ids) < 2 * settings.folds:
+        return 1.0
+    prob, _ = cross_validated(x_train, match, delta, SCALAR_COLUMNS(train.num_layers),
+                              fold_of(len(train.ids), settings.folds, settings.seed))
+    curve = threshold_curve(prob, train.costs, train.scores)
+    best = reach(curve, train.full)
+    means = curve.layers.mean(1)
+    hits = [t for t, m in zip(TAUS, means) if best is not None and abs(m - best) < 1e-9]
+    return float(min(hits)) if hits else 1.0
+
+
+def save_controller(folder: Path, fitted, train: Labels, settings: EvalSettings, guarded: bool, tau: float) -> None:
+    """A controller folder: settings.json (what it applies to) and weights.npz (no pickle)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "weights.npz", **save_arrays(fitted))
+    write_json_atomic(folder / "settings.json", {
+        "model": train.settings["model"], "dtype": train.settings["dtype"], "num_layers": train.num_layers,
+        "candidates": train.candidates, "feature_version": FEATURE_VERSION, "tau": tau,
+        "tolerance": settings.tolerance, "guarded_labels": guarded, "train_run": train.run,
+        "train_ids": train.ids, "train_content_hashes": sorted(train.content_hashes()),
+        "max_new_tokens": train.settings["max_new_tokens"], "task": train.settings["task"],
+    })
+
+
+def load_controller(folder: Path):
+    """(settings dict, Fitted) of a saved controller: FOLDER or FOLDER/model (BadInput if neither is one)."""
+    if (folder / "model" / "settings.json").exists():
+        folder = folder / "model"
+    try:
+        settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+        fitted = load_arrays(np.load(folder / "weights.npz"))
+    except (OSError, ValueError, KeyError) as err:
+        raise BadInput(f"{str(folder)!r} is not a controller folder ({err})") from None
+    if settings.get("feature_version") != FEATURE_VERSION:
+        raise BadInput(f"{str(folder)!r} was trained on feature version {settings.get('feature_version')}, "
+                       f"this skiporacle computes version {FEATURE_VERSION}: retrain it")
+    return settings, fitted

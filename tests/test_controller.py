@@ -1,0 +1,223 @@
+"""The controller: decisions, honest cross-validation, exactness against the oracle, the CLI and deployment.
+
+Logic tests use hand-made score matrices; end-to-end tests use the tiny saved
+Llama of conftest with a 14-row data file (enough for 5 folds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import NUM_LAYERS, ORACLE_TEXTS, one_thread
+from skiporacle.controller.decide import knapsack_choices, threshold_choices
+from skiporacle.controller.evaluate import (EvalSettings, budget_curve, cross_validated, evaluate, fold_of,
+                                            oracle_reach, reach, threshold_curve)
+from skiporacle.controller.model import fit
+from skiporacle.oracle.cli import main
+from skiporacle.oracle.select import cheapest_matching, knapsack
+
+from test_cli import assert_bad, run_cli
+
+ROWS = 14
+
+
+def _random_problem(n=7, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    costs = sorted(rng.choice(np.arange(1, 10), size=k - 1, replace=False).tolist()) + [10]
+    scores = rng.integers(0, 20, size=(n, k)).astype(float)
+    return scores, costs
+
+
+# --- decisions -------------------------------------------------------------------------------
+
+def test_threshold_picks_the_cheapest_candidate_above_tau():
+    prob = np.array([[0.9, 0.2, 0.0], [0.1, 0.6, 0.0], [0.1, 0.2, 0.0]])
+    assert threshold_choices(prob, [1, 2, 3], 0.5).tolist() == [0, 1, 2]
+    assert threshold_choices(prob, [1, 2, 3], 0.0).tolist() == [0, 0, 0]
+    assert threshold_choices(prob, [1, 2, 3], 1.01).tolist() == [2, 2, 2]  # the full model is always allowed
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_budget_mode_equals_the_knapsack(seed):
+    scores, costs = _random_problem(seed=seed)
+    n = len(scores)
+    curve = knapsack(scores, costs)
+    totals = list(range(n * min(costs), n * max(costs) + 1))
+    choices = knapsack_choices(scores, costs, totals)
+    for total, choice in zip(totals, choices):
+        assert sum(costs[j] for j in choice) <= total
+        assert scores[np.arange(n), choice].sum() == pytest.approx(curve.mean_score_at(total / n) * n)
+
+
+def test_budget_mode_equals_brute_force():
+    scores, costs = _random_problem(n=4, k=3, seed=5)
+    for total in range(4 * min(costs), 4 * max(costs) + 1):
+        best = max(sum(scores[i, j] for i, j in enumerate(c)) for c in itertools.product(range(3), repeat=4)
+                   if sum(costs[j] for j in c) <= total)
+        (choice,) = knapsack_choices(scores, costs, [total])
+        assert scores[np.arange(4), choice].sum() == pytest.approx(best)
+
+
+def test_true_scores_reproduce_the_oracle_exactly():
+    """A controller handed the true labels makes the oracle's choices: the rule and the knapsack."""
+    scores, costs = _random_problem(n=9, k=5, seed=3)
+    full = scores[:, -1]
+    match = scores >= full[:, None]
+    rule = cheapest_matching(scores, costs, full, 0.0)
+    assert threshold_choices(match.astype(float), costs, 1.0).tolist() == rule.tolist()
+    budget = budget_curve(scores - full[:, None], costs, scores)
+    assert reach(budget, full) == oracle_reach(scores, costs)
+    threshold = threshold_curve(match.astype(float), costs, scores)
+    assert threshold.layers[-1].mean() == pytest.approx(np.mean([costs[k] for k in rule]))
+
+
+# --- honest cross-validation -------------------------------------------------------------------
+
+def test_cross_validation_never_shows_a_sequence_its_own_labels():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(20, 6))
+    match = rng.random((20, 3)) > 0.5
+    delta = rng.normal(size=(20, 3))
+    folds = fold_of(20, 5, seed=1)
+    seen = []
+
+    def spy(x, m, d, scalars):
+        seen.append({tuple(row) for row in x})
+        return fit(x, m, d, scalars)
+
+    prob, _ = cross_validated(features, match, delta, 2, folds, fit_fn=spy)
+    assert len(seen) == 5
+    for f, trained in zip(np.unique(folds), seen):
+        held_out = {tuple(row) for row in features[folds == f]}
+        assert not held_out & trained
+        assert len(trained) == (folds != f).sum()
+    assert prob.shape == (20, 3) and (prob[:, -1] == 1).all()
+
+
+def test_fit_is_deterministic_and_learns_a_separable_rule():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(60, 4))
+    match = np.stack([features[:, 0] > 0, np.ones(60, bool)], 1)
+    delta = np.stack([features[:, 0], np.zeros(60)], 1)
+    a, b = fit(features, match, delta, 4), fit(features, match, delta, 4)
+    assert np.array_equal(a.match_weights, b.match_weights)
+    prob, pred = a.predict(features)
+    assert ((prob[:, 0] > 0.5) == match[:, 0]).mean() > 0.9
+    assert np.corrcoef(pred[:, 0], delta[:, 0])[0, 1] > 0.9
+
+
+def test_evaluate_reports_intervals_and_baselines():
+    scores, costs = _random_problem(n=30, k=4, seed=2)
+    match = (scores >= scores[:, -1:]).astype(float)
+    result = evaluate(match, scores - scores[:, -1:], np.full_like(match, 0.5), scores, costs,
+                      EvalSettings(resamples=20))
+    assert result["layers_at_full_quality_percent"] is not None
+    lo, hi = result["intervals"]["oracle_layers_at_full_quality_percent"]
+    assert lo <= result["oracle_layers_at_full_quality_percent"] <= hi
+    assert set(result["curves"]) == {"threshold", "budget", "prompt_length", "shuffled_oracle"}
+
+
+# --- end to end on the tiny model --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def controller_data(tiny_llm_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("controller_data")
+    texts = [f"{t} Day {i}." for i, t in enumerate(ORACLE_TEXTS * 4)][: 2 * ROWS]
+    rows = [{"id": f"c{i:02d}", "text": t, "summary": t.split()[0] + " " + t.split()[-1]} for i, t in enumerate(texts)]
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return ["--model", tiny_llm_dir, "--data", path, "--input-field", "text", "--reference-field", "summary",
+            "--id-field", "id"]
+
+
+def _oracle(data_args, out, offset=0, budgets="2,4,5"):
+    with one_thread(), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in ["oracle", *data_args, "--limit", ROWS, "--offset", offset, "--space", "uniform",
+                                      "--budgets", budgets, "--max-new-tokens", 4, "--calibration", 0, "--out", out]])
+    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def two_runs(controller_data, tmp_path_factory):
+    base = tmp_path_factory.mktemp("controller_runs")
+    _oracle(controller_data, base / "a", offset=0)
+    _oracle(controller_data, base / "b", offset=ROWS)
+    return base / "a", base / "b"
+
+
+def test_controller_cli_cross_validates_and_saves(capsys, two_runs):
+    run, _ = two_runs
+    with one_thread():
+        code, out, err = run_cli(capsys, "controller", "--run", run, "--resamples", 10)
+    assert code == 0, err
+    result = json.loads((run / "controller" / "controller.json").read_text())
+    for key in ("layers_at_full_quality_percent", "oracle_layers_at_full_quality_percent", "saving_kept", "intervals",
+                "curves", "baselines"):
+        assert key in result
+    assert result["mode"] == "cross-validation" and result["sequences"] == ROWS
+    summary = json.loads((run / "summary.json").read_text())
+    assert result["oracle_layers_at_full_quality_percent"] == pytest.approx(
+        summary["knapsack"]["percent_layers_at_full_quality"])
+    assert (run / "controller" / "controller.png").stat().st_size > 10_000
+    assert (run / "controller" / "model" / "weights.npz").exists()
+    assert (run / "features.npz").exists()
+
+
+def test_controller_cli_cross_run_and_deploy(capsys, two_runs, controller_data):
+    a, b = two_runs
+    with one_thread():
+        code, out, err = run_cli(capsys, "controller", "--run", b, "--train", a, "--resamples", 10)
+        assert code == 0, err
+        assert json.loads((b / f"controller-from-{a.name}" / "controller.json").read_text())["mode"] == "cross-run"
+        code, out, err = run_cli(capsys, "generate", *controller_data, "--limit", 4, "--offset", 2 * ROWS - 4,
+                                 "--max-new-tokens", 4, "--controller", a / "controller", "--tau", 0.0)
+    assert code == 0, err
+    assert "speed ratio" in out and "decisions:" in out
+
+
+def test_deployed_outputs_equal_the_engine_under_each_chosen_allocation(two_runs, tiny_llm_dir):
+    """Grouping sequences by allocation and decoding from their rows of the shared cache changes no output."""
+    from skiporacle.controller.deploy import generate_with_controller
+    from skiporacle.controller.run import load_controller
+    from skiporacle.eval.generate import generate
+    from skiporacle.oracle.setup import load_model_cached
+    from skiporacle.search.allocation import Allocation
+
+    a, _ = two_runs
+    stored, fitted = load_controller(a / "controller")
+    allocations = [Allocation(tuple(c[1]), NUM_LAYERS, c[0]) for c in stored["candidates"]]
+    prompts = [r["prompt"] for r in map(json.loads, (a / "allocations.jsonl").read_text().splitlines())]
+    model, tokenizer = load_model_cached(str(tiny_llm_dir), "float32")
+    with one_thread():
+        for tau in (0.0, 0.5):
+            deployed = generate_with_controller(model, tokenizer, prompts, allocations, fitted, tau, 4)
+            for k in set(deployed.choices):
+                rows = [i for i, c in enumerate(deployed.choices) if c == k]
+                expected = generate(model, tokenizer, [prompts[i] for i in rows], allocations[k], 4)
+                assert [deployed.generations[i].tokens for i in rows] == [g.tokens for g in expected]
+
+
+def test_controller_bad_input(capsys, two_runs, controller_data, tmp_path):
+    a, b = two_runs
+    assert_bad(capsys, "controller", "--run", tmp_path / "missing", match="not a skiporacle run folder")
+    assert_bad(capsys, "controller", "--run", a, "--folds", 8, match="needs at least 16")
+    assert_bad(capsys, "controller", "--run", a, "--train", a, match="shares 14 prompt")
+    _oracle(controller_data, tmp_path / "other", offset=ROWS, budgets="2,3")
+    assert_bad(capsys, "controller", "--run", tmp_path / "other", "--train", a, match="other candidates")
+    assert_bad(capsys, "generate", *controller_data, "--limit", 2, "--controller", tmp_path, match="not a controller folder")
+    assert_bad(capsys, "generate", *controller_data, "--limit", 2, "--controller", a / "controller",
+               match="among the controller's training rows")
+    stored = a / "controller" / "model" / "settings.json"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "weights.npz").write_bytes((a / "controller" / "model" / "weights.npz").read_bytes())
+    (foreign / "settings.json").write_text(json.dumps({**json.loads(stored.read_text()), "num_layers": 30}))
+    assert_bad(capsys, "generate", *controller_data, "--limit", 2, "--offset", 2 * ROWS - 2, "--controller", foreign,
+               match="model of 30 layers")
