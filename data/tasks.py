@@ -229,6 +229,17 @@ def _alpaca_row(index: int, row: dict) -> list[tuple]:
     return [(index, row["instruction"], row["output"])] if row["output"].strip() else []
 
 
+def _cnndm_row(row: dict) -> list[tuple]:
+    # References: the original highlights first (the paper's reference, which the
+    # split-reference oracle chooses with), then SummEval's 10 crowd-written summaries
+    # (`references[1:]`; its `references[0]` repeats the highlights).
+    crowd = row.get("references", [])
+    if not isinstance(crowd, list):
+        raise _bad(f"cnndm row {row.get('id')!r}: 'references' must be a list of strings")
+    refs = [detokenize_ptb(t) if isinstance(t, str) else t for t in [row["highlights"], *crowd[1:]]]
+    return [(row["id"], detokenize_ptb(row["article"]), refs)]
+
+
 def _self_instruct_row(index: int, row: dict) -> list[tuple]:
     rows = []
     for k, instance in enumerate(row["instances"]):
@@ -241,8 +252,7 @@ def _self_instruct_row(index: int, row: dict) -> list[tuple]:
 # name -> (file under data_root, row index and row -> [(id, source, references), ...])
 _BUILTIN = {
     "xsum": ("xsum/xsum-1000.jsonl", lambda i, r: [(r["id"], r["document"], r["summary"])]),
-    "cnndm": ("summeval_cnndm/summeval_cnndm_test100.jsonl", lambda i, r: [
-        (r["id"], detokenize_ptb(r["article"]), detokenize_ptb(r["highlights"]))]),
+    "cnndm": ("summeval_cnndm/summeval_cnndm_test100.jsonl", lambda i, r: _cnndm_row(r)),
     "samsum": ("samsum/test.jsonl", lambda i, r: [(r["id"], r["dialogue"], r["summary"])]),
     "alpaca": ("alpaca_eval/text_davinci_003_model_outputs.json", _alpaca_row),
     "self-instruct": ("self_instruct_user_oriented/user_oriented_instructions.jsonl",

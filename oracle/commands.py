@@ -90,15 +90,22 @@ def oracle(args: argparse.Namespace) -> int:
     print(f"skiporacle: {summary['sequences']} sequences in {out / 'allocations.jsonl'} "
           f"({summary['resumed_sequences']} resumed), summary in {out / 'summary.json'}")
     print(f"full model: mean {summary['metric']} {summary['full_mean_score']:.2f}")
-    print(f"rule (score >= full - {settings.tolerance:g}): {rule['mean_percent_layers']:.1f} % of layers, "
+    print(f"rule (score >= full - {settings.tolerance:g}): {rule['mean_percent_layers']:.1f} % of layers"
+          f"{_ci(rule.get('mean_percent_layers_ci95'), ' %')}, "
           f"mean {rule['mean_score']:.2f}; exact-output rule: {exact['mean_percent_layers']:.1f} %")
-    print("knapsack: full quality at " + (f"{reach:.1f} % of layers" if reach is not None else "no budget"))
+    print("knapsack: full quality at " + (f"{reach:.1f} % of layers" if reach is not None else "no budget")
+          + _ci(knap.get("percent_layers_at_full_quality_ci95"), " %"))
     if "training_free" in summary:
         free = summary["training_free"]
         free_reach = free["knapsack_percent_layers_at_full_quality"]
         print(f"without healed candidates: rule {free['rule']['mean_percent_layers']:.1f} % of layers; knapsack "
               + (f"{free_reach:.1f} %" if free_reach is not None else "no budget"))
     return 0
+
+
+def _ci(interval, unit: str) -> str:
+    """" (95 % CI low-high unit)" after a figure, or nothing for a summary without that interval."""
+    return f" (95 % CI {interval[0]:.1f}-{interval[1]:.1f}{unit})" if interval else ""
 
 
 def rank(args: argparse.Namespace) -> int:

@@ -18,23 +18,42 @@ import torch  # noqa: E402
 
 from skiporacle.eval.model import num_layers  # noqa: E402
 from skiporacle.eval.teacher import final_hidden, teacher_forced_passes  # noqa: E402
-from skiporacle.oracle.select import bootstrap_means, cheapest_identical, cheapest_matching, knapsack  # noqa: E402
+from skiporacle.oracle.frontier import best_totals, frontiers  # noqa: E402
+from skiporacle.oracle.select import KnapsackCurve, cheapest_identical, cheapest_matching, knapsack  # noqa: E402
+from skiporacle.oracle.splitref import has_split, held_out_curve, split_scores  # noqa: E402
+from skiporacle.oracle.stats import RESAMPLES, interval, mean_ci, resample_rows  # noqa: E402
 from skiporacle.oracle.summary import score_matrix, space_of, training_free_columns  # noqa: E402
 from skiporacle.search.allocation import early_exit, uniform  # noqa: E402
 
 FIELDS = ("series", "spec", "percent_layers", "mean_score", "low", "high")
 
 
-def curve_rows(records: list[dict], tolerance: float, resamples: int, seed: int = 0) -> list[dict]:
-    """One row per plotted point: static candidates by space, knapsack curve, rule points, full model."""
+def curve_rows(records: list[dict], tolerance: float, resamples: int = RESAMPLES, seed: int = 0,
+               metric: str | None = None, out: Path | None = None) -> list[dict]:
+    """One row per plotted point: static candidates by space, knapsack curve, rule points, full model.
+
+    Bands resample sequences by position in id order (`stats.resample_rows`), as summary.json's
+    intervals do.  With `metric` and records that all have >= 2 references, also the split-reference
+    series (see oracle/splitref.py; scores cached in `out`): `knapsack-first-reference` (choose and
+    score with references[0]), `knapsack-split-reference` (choose with references[0], score with the
+    others), `rule-split-reference` and `full-split-reference` (the full model on the others).
+    """
     specs, costs, scores, identical, full = score_matrix(records)
     n, n_layers = len(records), costs[-1]
+    boot = resample_rows([r["id"] for r in records], seed, resamples)
     rows = []
 
     def point(series, spec, layers, values):
-        lo, hi = bootstrap_means(values, resamples, seed)
+        lo, hi = mean_ci(values, boot)
         rows.append({"series": series, "spec": spec, "percent_layers": 100 * layers / n_layers,
                      "mean_score": float(values.mean()), "low": lo, "high": hi})
+
+    def curve(series, points, samples):
+        for k, (m, y) in enumerate(points):
+            ys = [s[k] for s in samples]
+            lo, hi = interval(ys) if all(np.isfinite(ys)) else (np.nan, np.nan)
+            rows.append({"series": series, "spec": f"budget:{m:g}", "percent_layers": 100 * m / n_layers,
+                         "mean_score": y, "low": float(lo), "high": float(hi)})
 
     for k, (spec, cost) in enumerate(zip(specs[:-1], costs[:-1])):
         point(space_of(spec), spec, cost, scores[:, k])
@@ -50,19 +69,29 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int, seed: int 
         subsets.append(("knapsack-training-free", training_free))
     for series, columns in subsets:
         sub_scores, sub_costs = scores[:, columns], [costs[k] for k in columns]
-        rng = np.random.default_rng(seed)
-        boots = [knapsack(sub_scores[rng.integers(0, n, n)], sub_costs) for _ in range(min(resamples, 100))]
-        for m, y in knapsack(sub_scores, sub_costs).points(n_layers):
-            ys = [b.mean_score_at(m) for b in boots]
-            lo, hi = (np.percentile(ys, 2.5), np.percentile(ys, 97.5)) if all(np.isfinite(ys)) else (np.nan, np.nan)
-            rows.append({"series": series, "spec": f"budget:{m:g}", "percent_layers": 100 * m / n_layers,
-                         "mean_score": y, "low": float(lo), "high": float(hi)})
+        fr = frontiers(sub_scores, sub_costs)
+        boots = [KnapsackCurve(best_totals(fr, r, max(sub_costs)), n) for r in boot]
+        points = knapsack(sub_scores, sub_costs).points(n_layers)
+        curve(series, points, [[b.mean_score_at(m) for m, _ in points] for b in boots])
+    if metric is not None and has_split(records):
+        first, others = split_scores(records, metric, out)
+        everyone = np.arange(n)
+        grid = held_out_curve(first, others, costs, everyone, n_layers)
+        samples = [{m: (a, b) for m, a, b in held_out_curve(first, others, costs, r, n_layers)} for r in boot]
+        for series, part in (("knapsack-first-reference", 0), ("knapsack-split-reference", 1)):
+            curve(series, [(p[0], p[1 + part]) for p in grid],
+                  [[s.get(p[0], (np.nan, np.nan))[part] for p in grid] for s in samples])
+        choice = cheapest_matching(first, costs, first[:, -1], tolerance)
+        chosen = np.where(choice >= 0, choice, len(costs) - 1)
+        point("rule-split-reference", "rule-split-reference", float(np.mean([costs[k] for k in chosen])),
+              others[everyone, chosen])
+        point("full-split-reference", "all", n_layers, others[:, -1])
     return rows
 
 
-def write_curves(out: Path, records: list[dict], settings: dict, resamples: int) -> tuple[Path, Path]:
+def write_curves(out: Path, records: list[dict], settings: dict, resamples: int = RESAMPLES) -> tuple[Path, Path]:
     """Write curves.csv and curves.png into the run folder."""
-    rows = curve_rows(records, settings["tolerance"], resamples, settings["seed"])
+    rows = curve_rows(records, settings["tolerance"], resamples, settings["seed"], settings["metric"], out)
     csv_path, png_path = out / "curves.csv", out / "curves.png"
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -71,9 +100,11 @@ def write_curves(out: Path, records: list[dict], settings: dict, resamples: int)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     full = next(r for r in rows if r["series"] == "full")
     labels = {"knapsack": "knapsack oracle", "knapsack-training-free": "knapsack oracle, training-free only",
-              "healed-base": "static healed variants' layers, base weights"}
+              "healed-base": "static healed variants' layers, base weights",
+              "knapsack-first-reference": "knapsack oracle, chosen and scored with reference 1",
+              "knapsack-split-reference": "knapsack oracle, chosen with reference 1, scored with the others"}
     for series in ("uniform", "early-exit", "importance", "random", "file", "healed-base", "healed", "knapsack",
-                   "knapsack-training-free"):
+                   "knapsack-training-free", "knapsack-first-reference", "knapsack-split-reference"):
         pts = sorted((r for r in rows if r["series"] == series), key=lambda r: r["percent_layers"])
         if not pts:
             continue
@@ -81,14 +112,20 @@ def write_curves(out: Path, records: list[dict], settings: dict, resamples: int)
         if not curve:
             pts.append(full)
         x = [p["percent_layers"] for p in pts]
-        line = ax.plot(x, [p["mean_score"] for p in pts], marker="" if curve else "o", ls=":" if series.endswith("free") else "-",
+        line = ax.plot(x, [p["mean_score"] for p in pts], marker="" if curve else "o",
+                       ls=":" if series.endswith("free") else "--" if series.endswith("reference") else "-",
                        ms=4, label=labels.get(series, f"static {series}"))[0]
         ax.fill_between(x, [p["low"] for p in pts], [p["high"] for p in pts], color=line.get_color(), alpha=0.15)
-    for series, marker in (("rule", "*"), ("rule-exact", "D")):
-        r = next(r for r in rows if r["series"] == series)
+    for series, marker in (("rule", "*"), ("rule-exact", "D"), ("rule-split-reference", "P")):
+        r = next((r for r in rows if r["series"] == series), None)
+        if r is None:
+            continue
         ax.errorbar(r["percent_layers"], r["mean_score"], yerr=[[r["mean_score"] - r["low"]], [r["high"] - r["mean_score"]]],
                     marker=marker, ms=11 if marker == "*" else 7, ls="", label=f"per-sequence {series}", zorder=5)
     ax.axhline(full["mean_score"], color="black", ls="--", lw=1, label="full model")
+    held = next((r for r in rows if r["series"] == "full-split-reference"), None)
+    if held is not None:
+        ax.axhline(held["mean_score"], color="grey", ls=":", lw=1, label="full model, scored with references 2+")
     ax.set_xlabel("mean % of layers per generated token")
     ax.set_ylabel(f"mean {settings['metric']} (0-100)")
     ax.set_title(f"{settings['model']} on {settings['task']} (N={len(records)})")

@@ -1,4 +1,5 @@
-"""Aggregates of a run's records: rule oracles, exact knapsack curve, static baselines."""
+"""Aggregates of a run's records: rule oracles, exact knapsack curve, static baselines, with bootstrap
+intervals; the split-reference and guarded oracles when the run allows them."""
 
 from __future__ import annotations
 
@@ -6,9 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
+from skiporacle.data.errors import BadInput
+from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
 from skiporacle.eval.model import package_versions
+from skiporacle.oracle.guard import guarded, read_plausibility
 from skiporacle.oracle.records import SUMMARY, load_run, write_json_atomic
 from skiporacle.oracle.select import cheapest_identical, cheapest_matching, knapsack
+from skiporacle.oracle.splitref import has_split, split_reference, split_scores
+from skiporacle.oracle.stats import (
+    RESAMPLES,
+    knapsack_stats,
+    layer_token_percents,
+    mean_ci,
+    paired,
+    resample_rows,
+    rule_stats,
+    token_matrix,
+)
 
 
 def score_matrix(records: list[dict]) -> tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray]:
@@ -38,17 +53,24 @@ def training_free_columns(specs: list[str]) -> list[int]:
 
 
 def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) -> dict:
-    """Compute the summary of the run in `out` and write summary.json."""
+    """Compute the summary of the run in `out` and write summary.json.
+
+    Point estimates use the records in file order, as always; intervals resample sequences by their
+    position in id order (`stats.resample_rows`, the run's seed), so no figure depends on record order.
+    """
     settings, records, _ = load_run(out)
     specs, costs, scores, identical, full_scores = score_matrix(records)
     n_layers = costs[-1]
     n = len(records)
     tolerance = settings_dict["tolerance"]
+    tokens = token_matrix(records)
+    boot = resample_rows([r["id"] for r in records], settings["seed"])
     rule = cheapest_matching(scores, costs, full_scores, tolerance)
     exact = cheapest_identical(identical, scores, costs)
     curve = knapsack(scores, costs)
     full_mean = float(full_scores.mean())
     reach = curve.layers_to_reach(full_mean)
+    knap, knap_percents = knapsack_stats(scores, costs, boot, n_layers)
     summary = {
         "model": settings["model"],
         "task": settings["task"] if not settings.get("data_file") else f"file:{settings['data_file']}",
@@ -58,8 +80,8 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
         "seed": settings["seed"],
         "versions": package_versions(),
         "full_mean_score": full_mean,
-        "rule": _rule_stats(rule, scores, costs, n_layers, tolerance),
-        "rule_exact": _rule_stats(exact, scores, costs, n_layers, None),
+        "rule": rule_stats(rule, scores, costs, n_layers, tolerance, tokens, boot),
+        "rule_exact": rule_stats(exact, scores, costs, n_layers, None, tokens, boot),
         "knapsack": {
             "layers_at_full_quality": reach,
             "percent_layers_at_full_quality": None if reach is None else 100 * reach / n_layers,
@@ -67,41 +89,86 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
                 {"mean_layers": m, "percent_layers": 100 * m / n_layers, "mean_score": y}
                 for m, y in curve.points(n_layers)
             ],
+            **{k: v for k, v in knap.items() if k.endswith("_ci95") or k.startswith("gain")},
         },
         "static": [
             {"spec": s, "space": space_of(s), "cost": c, "percent_layers": 100 * c / n_layers,
-             "mean_score": float(scores[:, k].mean()), "identical_percent": float(100 * identical[:, k].mean())}
+             "mean_score": float(scores[:, k].mean()), "identical_percent": float(100 * identical[:, k].mean()),
+             "mean_score_ci95": mean_ci(scores[:, k], boot), "mean_percent_layers_per_sequence": 100 * c / n_layers,
+             **layer_token_percents(np.full(n, k), costs, tokens, n_layers)}
             for k, (s, c) in enumerate(zip(specs, costs))
         ],
-        **_training_free(specs, scores, costs, full_scores, tolerance),
-        "wall_seconds": wall_seconds,
-        **extra,
+        **_training_free(specs, scores, costs, full_scores, tolerance, tokens, boot, knap, knap_percents, rule),
+        "full_mean_score_ci95": mean_ci(full_scores, boot),
+        "full_metrics": full_metrics(records, settings["metric"]),
+        "bootstrap": {"resamples": RESAMPLES, "seed": settings["seed"], "interval": "95 % percentile",
+                      "resampled": "sequences, by position in id order; the same resamples for every figure"},
     }
+    if has_split(records):
+        first, others = split_scores(records, settings["metric"], out)
+        counts = [len(r["references"]) for r in records]
+        summary["split_reference"] = {"references_per_sequence": {"min": min(counts), "max": max(counts)},
+                                      **split_reference(first, others, costs, n_layers, tolerance, boot, tokens)}
+    plausibility = read_plausibility(out)
+    if plausibility is not None:
+        summary["guarded"] = guarded(records, plausibility, scores, costs, tolerance, tokens, boot,
+                                     knap["percent_layers_at_full_quality"], knap_percents, rule)
+    summary.update({"wall_seconds": wall_seconds, **extra})
     write_json_atomic(out / SUMMARY, summary)
     return summary
 
 
-def _training_free(specs, scores, costs, full_scores, tolerance) -> dict:
-    """The oracle figures again without the healed candidates, when there are any."""
+def resummarize(out: Path) -> dict:
+    """Recompute summary.json of the run in `out` from its records, keeping the timing fields
+    (wall_seconds, workers, resumed_sequences, machine) of the summary.json already there."""
+    settings, records, old = load_run(out)
+    if not records:
+        raise BadInput(f"{str(out)!r} holds no finished sequence yet")
+    old = old or {}
+    kept = {k: old[k] for k in ("workers", "resumed_sequences", "machine") if k in old}
+    return summarize(out, settings, old.get("wall_seconds"), kept)
+
+
+def full_metrics(records: list[dict], metric: str) -> dict:
+    """The full model's outputs under the other metrics of the task's family, against all references.
+
+    ROUGE tasks: rouge1/2/L/Lsum; BLEU/chrF tasks: bleu and chrf; exact match: itself.  `corpus` is
+    sacrebleu's corpus score for BLEU/chrF and the per-sequence mean otherwise; `sequence_mean` is
+    the mean of per-sequence scores (sentence BLEU/chrF).  All 0-100.
+    """
+    outputs, refs = [r["full"]["output"] for r in records], [r["references"] for r in records]
+    if metric == "exact_match":
+        value = float(np.mean(sequence_scores(metric, outputs, refs)))
+        return {"corpus": {metric: value}, "sequence_mean": {metric: value}}
+    names = ("bleu", "chrf") if metric in ("bleu", "chrf") else ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    corpus = all_corpus_scores(outputs, refs)
+    means = {m: float(np.mean(sequence_scores(m, outputs, refs))) if m in ("bleu", "chrf") else corpus[m]
+             for m in names}
+    return {"corpus": {m: corpus[m] for m in names}, "sequence_mean": means}
+
+
+def _training_free(specs, scores, costs, full_scores, tolerance, tokens, boot, knap, knap_percents, rule) -> dict:
+    """The oracle figures again without the healed candidates, when there are any, and the paired
+    differences with healed - training-free."""
     keep = training_free_columns(specs)
     if len(keep) == len(specs):
         return {}
+    n_layers = costs[-1]
     kept_costs = [costs[k] for k in keep]
-    rule = cheapest_matching(scores[:, keep], kept_costs, full_scores, tolerance)
-    reach = knapsack(scores[:, keep], kept_costs).layers_to_reach(float(full_scores.mean()))
+    free_rule = cheapest_matching(scores[:, keep], kept_costs, full_scores, tolerance)
+    free, free_percents = knapsack_stats(scores[:, keep], kept_costs, boot, n_layers)
+    reach = free["percent_layers_at_full_quality"]
+    layers = np.array([costs[k] for k in np.where(rule >= 0, rule, len(costs) - 1)], dtype=float)
+    free_layers = np.array([kept_costs[k] for k in np.where(free_rule >= 0, free_rule, len(keep) - 1)], dtype=float)
+    whole = knap["percent_layers_at_full_quality"]
     return {"training_free": {
-        "rule": _rule_stats(rule, scores[:, keep], kept_costs, costs[-1], tolerance),
-        "knapsack_percent_layers_at_full_quality": None if reach is None else 100 * reach / costs[-1],
+        "rule": rule_stats(free_rule, scores[:, keep], kept_costs, n_layers, tolerance, tokens[:, keep], boot),
+        "knapsack_percent_layers_at_full_quality": reach,
+        "knapsack_percent_layers_at_full_quality_ci95": free["percent_layers_at_full_quality_ci95"],
+        "paired_difference": {
+            "knapsack_percent_layers_at_full_quality": paired(
+                None if whole is None or reach is None else whole - reach, knap_percents, free_percents),
+            "rule_mean_layers": {"estimate": float((layers - free_layers).mean()),
+                                 "ci95": mean_ci(layers - free_layers, boot)},
+        },
     }}
-
-
-def _rule_stats(choice: np.ndarray, scores: np.ndarray, costs: list[int], n_layers: int, tolerance) -> dict:
-    chosen = np.where(choice >= 0, choice, len(costs) - 1)
-    layers = np.array([costs[k] for k in chosen], dtype=float)
-    return {
-        "tolerance": tolerance,
-        "mean_layers": float(layers.mean()),
-        "mean_percent_layers": float(100 * layers.mean() / n_layers),
-        "mean_score": float(scores[np.arange(len(chosen)), chosen].mean()),
-        "skipping_sequences": int((layers < n_layers).sum()),
-    }

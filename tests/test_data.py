@@ -68,10 +68,11 @@ def test_cnndm_first_is_detokenized():
         "was brought on with only seven minutes remaining in his team's 0-0 draw with Burnley "
         "on Sunday. 'Just been watching the game, did you miss the coach? #RubberDub "
         "#7minutes,' Merson put on Twitter.")
-    assert first.references == (
+    assert first.references[0] == (  # the highlights first; SummEval's crowd references follow
         "Andros Townsend an 83rd minute sub in Tottenham's draw with Burnley. He was unable to "
         "find a winner as the game ended without a goal. Townsend had clashed with Paul Merson "
-        "last week over England call-up.",)
+        "last week over England call-up.")
+    assert len(first.references) == 11
     assert "Muto admits that it is an 'honour' to receive an offer" in second.references[0]
     assert " 's " not in first.source and " , " not in first.source
 

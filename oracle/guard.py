@@ -1,0 +1,106 @@
+"""The plausibility guard: rule out candidate outputs the full model finds implausible.
+
+RUN/plausibility.json (written by another tool) holds the full model's
+teacher-forced mean NLL, in nats per token, of every output of a run:
+`{"margin": 2.0, "sequences": {"<id>": {"full": <NLL of the full output>,
+"candidates": {"<spec>": <NLL>, ...}}}}`.  A candidate is plausible iff its
+NLL <= the full output's NLL + margin.  An NLL of null (e.g. an empty output,
+which has no mean) is implausible unless the output is token-identical to the
+full model's; the full model itself is always plausible.  The guarded oracles
+are the rule and knapsack that may only pick plausible candidates, with no
+look at the references to decide which those are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from skiporacle.data.errors import BadInput
+from skiporacle.oracle.plausibility import PLAUSIBILITY
+from skiporacle.oracle.select import cheapest_matching
+from skiporacle.oracle.stats import knapsack_stats, mean_ci, paired, rule_stats
+
+
+def _nll(value, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise BadInput(f"{PLAUSIBILITY}: {where} is {value!r}, not a number or null")
+    return float(value)
+
+
+def plausible_mask(records: list[dict], plausibility: dict, margin: float) -> np.ndarray:
+    """Plausible [N, K] (bool), columns as `summary.score_matrix`'s, the full model (last) always True.
+
+    BadInput if a record's id or one of its candidate specs is missing from `plausibility`, or an NLL
+    or the margin is not a number.
+    """
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        raise BadInput(f"{PLAUSIBILITY}: margin {margin!r} is not a number >= 0")
+    sequences = plausibility.get("sequences") if isinstance(plausibility, dict) else None
+    if not isinstance(sequences, dict):
+        raise BadInput(f"{PLAUSIBILITY}: no \"sequences\" object")
+    mask = np.ones((len(records), len(records[0]["candidates"]) + 1), dtype=bool) if records else np.ones((0, 1), bool)
+    for i, record in enumerate(records):
+        entry = sequences.get(record["id"])
+        if not isinstance(entry, dict) or not isinstance(entry.get("candidates"), dict):
+            raise BadInput(f"{PLAUSIBILITY}: no entry with candidates for sequence {record['id']!r}")
+        full = _nll(entry.get("full"), f"the full NLL of {record['id']!r}")
+        for k, c in enumerate(record["candidates"]):
+            if c["spec"] not in entry["candidates"]:
+                raise BadInput(f"{PLAUSIBILITY}: sequence {record['id']!r} has no NLL for {c['spec']!r}")
+            nll = _nll(entry["candidates"][c["spec"]], f"the NLL of {c['spec']!r} for {record['id']!r}")
+            mask[i, k] = c["identical"] or (nll is not None and full is not None and nll <= full + margin)
+    return mask
+
+
+def read_plausibility(out: Path) -> dict | None:
+    """The run's plausibility.json, or None without one (BadInput if it is not a JSON object with a margin)."""
+    path = out / PLAUSIBILITY
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{str(path)!r} is not readable JSON ({err})") from None
+    if not isinstance(data, dict) or "margin" not in data:
+        raise BadInput(f"{str(path)!r}: expected an object with \"margin\" and \"sequences\"")
+    return data
+
+
+def guarded(records: list[dict], plausibility: dict, scores: np.ndarray, costs: list[int], tolerance: float,
+            tokens: np.ndarray, boot: np.ndarray, unguarded_point: float | None, unguarded_percents: np.ndarray,
+            unguarded_rule: np.ndarray) -> dict:
+    """The `guarded` block of summary.json: rule and knapsack over plausible candidates only.
+
+    The unguarded knapsack's % of layers at full quality (point, and per resample of `boot` [R]) and the
+    unguarded rule's choices [N] give the paired differences guarded - unguarded.
+    """
+    n_layers = costs[-1]
+    margin = plausibility["margin"]
+    mask = plausible_mask(records, plausibility, margin)
+    kept = np.where(mask, scores, -np.inf)
+    choice = cheapest_matching(kept, costs, scores[:, -1], tolerance)
+    knap, percents = knapsack_stats(kept, costs, boot, n_layers)
+    rule = rule_stats(choice, scores, costs, n_layers, tolerance, tokens, boot)
+    before = np.where(unguarded_rule >= 0, unguarded_rule, len(costs) - 1)
+    after = np.where(choice >= 0, choice, len(costs) - 1)
+    layer_gap = np.asarray(costs, dtype=float)[after] - np.asarray(costs, dtype=float)[before]
+    point = knap["percent_layers_at_full_quality"]
+    return {
+        "margin": margin,
+        "plausible_percent": float(100 * mask[:, :-1].mean()) if mask.shape[1] > 1 else 100.0,
+        "rule_choices_removed": int((~mask[np.arange(len(before)), before]).sum()),
+        "rule": rule,
+        "knapsack": knap,
+        "paired_difference": {
+            "knapsack_percent_layers_at_full_quality": paired(
+                None if point is None or unguarded_point is None else point - unguarded_point,
+                percents, unguarded_percents),
+            "rule_mean_layers": {"estimate": float(layer_gap.mean()), "ci95": mean_ci(layer_gap, boot)},
+        },
+    }
