@@ -108,8 +108,12 @@ def reach_samples(scores: np.ndarray, costs: Sequence[int], rows: np.ndarray, n_
     which the knapsack always reaches: choosing the full model everywhere does.
     """
     fr = frontiers(scores, costs)
-    n = rows.shape[1]
-    return np.array([reach(fr, r, float(scores[r, -1].sum())) / n for r in rows], dtype=float)
+    samples = []
+    for r in rows:
+        target = float(scores[r, -1].sum())
+        hit = reach(fr, r, target)
+        samples.append((hit if hit is not None else reach(fr, r, target, use_bound=False)) / len(r))
+    return np.array(samples, dtype=float)
 
 
 def knapsack_stats(scores: np.ndarray, costs: Sequence[int], rows: np.ndarray, n_layers: int) -> tuple[dict, np.ndarray]:
