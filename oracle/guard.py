@@ -58,6 +58,12 @@ def plausible_mask(records: list[dict], plausibility: dict, margin: float) -> np
     return mask
 
 
+def missing_sequences(records: list[dict], plausibility: dict) -> list[str]:
+    """Ids of the records that `plausibility` has no entry for (a table made before a run was resumed)."""
+    table = plausibility.get("sequences")
+    return [r["id"] for r in records if not isinstance(table, dict) or r["id"] not in table]
+
+
 def read_plausibility(out: Path) -> dict | None:
     """The run's plausibility.json, or None without one (BadInput if it is not a JSON object with a margin)."""
     path = out / PLAUSIBILITY

@@ -10,7 +10,7 @@ import numpy as np
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
 from skiporacle.eval.model import package_versions
-from skiporacle.oracle.guard import guarded, read_plausibility
+from skiporacle.oracle.guard import guarded, missing_sequences, read_plausibility
 from skiporacle.oracle.records import SUMMARY, load_run, write_json_atomic
 from skiporacle.oracle.select import cheapest_identical, cheapest_matching, knapsack
 from skiporacle.oracle.splitref import has_split, split_reference, split_scores
@@ -110,7 +110,11 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
         summary["split_reference"] = {"references_per_sequence": {"min": min(counts), "max": max(counts)},
                                       **split_reference(first, others, costs, n_layers, tolerance, boot, tokens)}
     plausibility = read_plausibility(out)
-    if plausibility is not None:
+    missing = [] if plausibility is None else missing_sequences(records, plausibility)
+    if missing:  # a table older than the records: the run's own figures stand, the guard waits for a new table
+        summary["guarded_skipped"] = (f"plausibility.json lacks {len(missing)} of the {n} sequences (e.g. "
+                                      f"{missing[0]!r}); rerun skiporacle plausibility, then resummarize")
+    elif plausibility is not None:
         summary["guarded"] = guarded(records, plausibility, scores, costs, tolerance, tokens, boot,
                                      knap["percent_layers_at_full_quality"], knap_percents, rule)
     summary.update({"wall_seconds": wall_seconds, **extra})

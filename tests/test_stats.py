@@ -519,6 +519,11 @@ def test_guarded_block(tmp_path):
     (folder / "plausibility.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(BadInput, match="plausibility.json"):
         summarize_run(folder)
+    stale = plausibility()
+    del stale["sequences"]["s003"]  # made before the run's last sequence was written
+    (folder / "plausibility.json").write_text(json.dumps(stale), encoding="utf-8")
+    summary = summarize_run(folder)
+    assert "guarded" not in summary and "lacks 1 of the 4 sequences (e.g. 's003')" in summary["guarded_skipped"]
 
 
 # --- resummarize ------------------------------------------------------------------------------
