@@ -35,8 +35,13 @@ def controller(args: argparse.Namespace) -> int:
                              f"{100 * kept:.0f} % of the oracle's saving, 95 % interval "
                              + _span(lo_hi["saving_kept"], scale=100)))
     base = result["baselines"]
+    print(f"best single candidate (in-sample): full quality at {_fmt(base['static_layers_at_full_quality_percent'], base['static_interval'])}; "
+          f"controller minus it, paired: [{_span(base['controller_minus_static_percent_paired'])}] points")
     print(f"baselines: shuffled oracle {_fmt(base['shuffled_oracle_layers_at_full_quality_percent'], None)}, "
           f"prompt-length controller {_fmt(base['prompt_length_layers_at_full_quality_percent'], base['prompt_length_interval'])}")
+    if "learning_curve" in result:
+        print("learning curve (training rows per fold: held-out layers at full quality): " + ", ".join(
+            f"{p['train_rows']}: {_fmt(p['layers_at_full_quality_percent'], None)}" for p in result["learning_curve"]))
     print(f"deployable controller (tau {result['deploy_tau']:.2f}): {out / 'model'}")
     return 0
 

@@ -109,6 +109,14 @@ def shuffled_oracle(scores: np.ndarray, costs, seed: int) -> Curve:
     return Curve(list(budgets), layers / SHUFFLES, got / SHUFFLES)
 
 
+def static_reach(scores: np.ndarray, costs, rows: np.ndarray | None = None) -> float:
+    """Layers of the cheapest single candidate whose mean score over `rows` reaches the full model's
+    (the same candidate for every sequence; chosen in-sample, like the oracle)."""
+    sub = scores if rows is None else scores[rows]
+    means = sub.mean(0)
+    return float(min(c for c, m in zip(costs, means) if m >= means[-1] - 1e-9))
+
+
 def percent(value: float | None, num_layers: int) -> float | None:
     return None if value is None else 100 * value / num_layers
 
@@ -130,13 +138,17 @@ def evaluate(prob: np.ndarray, pred: np.ndarray, length_prob: np.ndarray, scores
     oracle = oracle_reach(scores, costs)
     controller = reach(curves["threshold"], full)
     rng = np.random.default_rng(settings.seed)
-    boot = {k: [] for k in ("controller", "budget", "oracle", "saving_kept", "difference", "prompt_length")}
+    boot = {k: [] for k in ("controller", "budget", "oracle", "saving_kept", "difference", "prompt_length",
+                                 "static", "controller_minus_static")}
     for _ in range(settings.resamples):
         rows = rng.integers(0, n, n)
         c, o = reach(curves["threshold"], full, rows), oracle_reach(scores, costs, rows)
         boot["controller"].append(percent(c, num_layers))
         boot["budget"].append(percent(reach(curves["budget"], full, rows), num_layers))
         boot["prompt_length"].append(percent(reach(curves["prompt_length"], full, rows), num_layers))
+        s = static_reach(scores, costs, rows)
+        boot["static"].append(percent(s, num_layers))
+        boot["controller_minus_static"].append(None if c is None else 100 * (c - s) / num_layers)
         boot["oracle"].append(percent(o, num_layers))
         boot["saving_kept"].append(_kept(c, o, num_layers))
         boot["difference"].append(None if c is None or o is None else 100 * (c - o) / num_layers)
@@ -161,6 +173,9 @@ def evaluate(prob: np.ndarray, pred: np.ndarray, length_prob: np.ndarray, scores
                         "interval": interval(boot["budget"])},
         "baselines": {
             "best_static_at_controller_budget": best_static,
+            "static_layers_at_full_quality_percent": percent(static_reach(scores, costs), num_layers),
+            "static_interval": interval(boot["static"]),
+            "controller_minus_static_percent_paired": interval(boot["controller_minus_static"]),
             "static": static,
             "shuffled_oracle_layers_at_full_quality_percent": percent(reach(curves["shuffled_oracle"], full), num_layers),
             "prompt_length_layers_at_full_quality_percent": percent(reach(curves["prompt_length"], full), num_layers),

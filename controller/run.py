@@ -27,6 +27,7 @@ from skiporacle.eval.features import FEATURE_VERSION
 from skiporacle.oracle.records import write_json_atomic
 
 FEATURES = "features.npz"
+LEARNING_SHARES = (0.25, 0.5, 0.75, 1.0)  # shares of each fold's training rows in the learning curve
 SCALAR_COLUMNS = lambda num_layers: 2 + 2 * num_layers  # noqa: E731  length, entropy, the two update blocks
 
 
@@ -80,6 +81,7 @@ def _block(train: Labels, test: Labels, x_train, x_test, settings: EvalSettings,
         prob, pred = cross_validated(x_train, match, delta, scalars, folds)
         length_prob, _ = cross_validated(x_train[:, :1], match, delta, 1, folds)
     else:
+        folds = None
         prob, pred = fit(x_train, match, delta, scalars).predict(x_test)
         length_prob, _ = fit(x_train[:, :1], match, delta, 1).predict(x_test[:, :1])
     oracle_scores = _guarded_scores(test, guarded)
@@ -87,8 +89,26 @@ def _block(train: Labels, test: Labels, x_train, x_test, settings: EvalSettings,
     if guarded and test.plausible is not None:
         block["oracle_layers_at_full_quality_percent_guarded"] = percent(oracle_reach(oracle_scores, test.costs),
                                                                          test.num_layers)
+    if train is test:
+        block["learning_curve"] = learning_curve(x_train, match, delta, test, settings, folds)
     block["labels"] = "guarded" if guarded else "unguarded"
     return block
+
+
+def learning_curve(x, match, delta, labels: Labels, settings: EvalSettings, folds) -> list[dict]:
+    """Held-out layers at full quality when each fold's controller sees only a share of its training rows
+    (the same held-out rows every time): does the figure still improve with more labels?"""
+    points = []
+    for share in LEARNING_SHARES:
+        def subsample(xs, ms, ds, scalars):
+            keep = np.random.default_rng(settings.seed).permutation(len(xs))[: max(4, int(round(share * len(xs))))]
+            return fit(xs[np.sort(keep)], ms[np.sort(keep)], ds[np.sort(keep)], scalars)
+
+        prob, _ = cross_validated(x, match, delta, SCALAR_COLUMNS(labels.num_layers), folds, fit_fn=subsample)
+        rows = int(round(share * (len(x) - len(x) / settings.folds)))
+        points.append({"train_rows": rows, "layers_at_full_quality_percent":
+                       percent(reach(threshold_curve(prob, labels.costs, labels.scores), labels.full), labels.num_layers)})
+    return points
 
 
 def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalSettings, load_model) -> dict:

@@ -10,6 +10,7 @@ import os
 import sys
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.tasks import max_new_tokens_defaults
 
 DEFAULT_BUDGETS = "8,12,16,20,24,26,28,29"
 DEFAULT_SPACES = "uniform,early-exit,importance"
@@ -30,6 +31,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--id-field", help="with --data: the field holding a unique id (default: row number)")
     g.add_argument("--limit", type=int, default=50, help="number of sequences (default: 50)")
     g.add_argument("--offset", type=int, default=0, help="skip this many sequences first (default: 0)")
+    g.add_argument("--instruction", metavar="TEXT",
+                   help=("chat models: the instruction put before each input, instead of the task's "
+                         "(with --data: 'Respond to the following input.')"))
+    g.add_argument("--template", metavar="TEXT",
+                   help=("base models: the whole prompt, with {input} standing for the input text, instead of "
+                         "'### Input: {input}\\n\\n### Output:' (or the task's labels); no other text is interpreted"))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -37,13 +44,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="smollm2-135m",
                    help="embedded model name (smollm2-135m) or a local Hugging Face model folder (default: smollm2-135m)")
     g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute (default: float32)")
-    g.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens per sequence at most (default: 48)")
+    defaults = ", ".join(f"{name} {n}" for name, n in max_new_tokens_defaults().items())
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"greedy tokens per sequence at most (default: the task's: {defaults})")
     g.add_argument("--metric", default=None,
                    help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
     g.add_argument("--batch-size", type=int, default=0,
                    help="most sequences per batch (default 0: chosen from model and prompt sizes)")
     g.add_argument("--prompt-under-allocation", action="store_true",
                    help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
+
+
+def _add_first_token(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--first-token", choices=("allocation", "full"), default="allocation",
+                   help=("who predicts the first generated token. allocation (default): the full model reads the prompt "
+                         "but its last token, and the allocation reads that token and predicts every generated token. "
+                         "full: the full model reads the whole prompt and predicts the first generated token; the "
+                         "allocation reads it and predicts the rest"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate greedily under one allocation and score each output against its reference.")
     _add_data_args(gen)
     _add_model_args(gen)
+    _add_first_token(gen)
     gen.add_argument("--layers", default="all",
                      help="allocation: all, uniform:N (N layers kept), exit:L (layers 0..L-1), or a list like 0-10,12,15-29")
 
@@ -88,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Score candidate allocations per sequence; write runs/NAME/allocations.jsonl and summary.json.")
     _add_data_args(orc)
     _add_model_args(orc)
+    _add_first_token(orc)
     g = orc.add_argument_group("search")
     g.add_argument("--space", default=DEFAULT_SPACES,
                    help=("comma-separated spaces: uniform, early-exit, random, importance, file:PATH, healed[:FOLDER] "
@@ -107,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in --out; ids already done are skipped")
     g.add_argument("--workers", type=int, default=1, help="worker processes (joblib), each loading the model once (default: 1)")
     g.add_argument("--scheduler", metavar="TCP://HOST:PORT", help="run the workers on this Dask cluster (needs .[dask])")
+    g.add_argument("--threads", type=int, default=None,
+                   help=("torch threads of each scoring process (default: all of this process's, or cores / K with "
+                         "--workers K); allocations.jsonl is byte-identical only between runs with the same count"))
 
     rnk = sub.add_parser("rank", help="rank layers by importance on fixed rows, for --importance",
                          description=("Measure the importance order (the damage of removing each layer alone: perplexity "

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.tasks import check_prompt_options
 from skiporacle.oracle.records import load_run
 from skiporacle.oracle.run import OracleSettings, run_oracle
 from skiporacle.oracle.setup import load_examples, load_inputs, load_model_cached, prompt_budget
@@ -17,23 +18,27 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
     for name, value, low in (("--limit", args.limit, 1), ("--offset", args.offset, 0),
                              ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--calibration", getattr(args, "calibration", 0), 0),
-                             ("--workers", getattr(args, "workers", 1), 1), ("--batch-size", args.batch_size, 0)):
-        if value < low:
+                             ("--workers", getattr(args, "workers", 1), 1), ("--batch-size", args.batch_size, 0),
+                             ("--threads", getattr(args, "threads", None), 1)):
+        if value is not None and value < low:
             raise BadInput(f"{name} must be at least {low}, got {value}")
     if args.data and not (args.input_field and args.reference_field):
         raise BadInput("--data needs --input-field and --reference-field")
+    check_prompt_options(getattr(args, "instruction", None), getattr(args, "template", None))
     settings = OracleSettings(
         model=args.model, task=args.task if not args.data else "file", data_file=args.data,
         input_field=args.input_field, reference_field=args.reference_field, id_field=args.id_field,
         limit=args.limit, offset=args.offset, spaces=spaces, budgets=budgets, metric=args.metric or "",
-        max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=getattr(args, "seed", 0),
+        max_new_tokens=args.max_new_tokens or 0, dtype=args.dtype, seed=getattr(args, "seed", 0),
         tolerance=getattr(args, "tolerance", 0.0), calibration=getattr(args, "calibration", 0),
         prompt_under_allocation=args.prompt_under_allocation, batch_size=args.batch_size,
-        importance_file=getattr(args, "importance", None),
+        importance_file=getattr(args, "importance", None), first_token=getattr(args, "first_token", "allocation"),
+        instruction=getattr(args, "instruction", None), template=getattr(args, "template", None),
     )
-    if not settings.metric:
+    if not settings.metric or not settings.max_new_tokens:  # the task's defaults
         task, _ = load_examples(settings, 1, 0)
-        settings = _replace(settings, metric=task.metric)
+        settings = _replace(settings, metric=settings.metric or task.metric,
+                            max_new_tokens=settings.max_new_tokens or task.max_new_tokens)
     from skiporacle.eval.metrics import METRICS
 
     if settings.metric not in METRICS:
@@ -59,7 +64,8 @@ def generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
     start = time.perf_counter()
     outputs = run_generate(model, tokenizer, inputs.prompts, allocation, settings.max_new_tokens,
-                           settings.prompt_under_allocation, progress=True, max_batch=settings.batch_size)
+                           settings.prompt_under_allocation, progress=True, max_batch=settings.batch_size,
+                           first_token=settings.first_token)
     seconds = time.perf_counter() - start
     texts = [g.text for g in outputs]
     scores = sequence_scores(settings.metric, texts, inputs.references)
@@ -67,7 +73,8 @@ def generate(args: argparse.Namespace) -> int:
         print(f"[{example_id}] {settings.metric}={score:.2f} ({len(g.tokens)} tokens)\n  {text}")
     tokens = sum(len(g.tokens) for g in outputs)
     print(f"\nallocation {allocation.spec}: {allocation.cost}/{allocation.num_layers} layers "
-          f"({100 * allocation.fraction:.1f} %) per generated token")
+          f"({100 * allocation.fraction:.1f} %) per generated token; at most {settings.max_new_tokens} new tokens, "
+          f"the first predicted by the {'full model' if settings.first_token == 'full' else 'allocation'}")
     print(f"mean {settings.metric} = {sum(scores) / len(scores):.2f} over {len(scores)} sequences; "
           f"{tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tokens/s)")
     if settings.metric.startswith("rouge") or settings.metric in ("bleu", "chrf"):
@@ -84,7 +91,8 @@ def oracle(args: argparse.Namespace) -> int:
         raise BadInput(f"--scheduler {args.scheduler!r}: expected tcp://HOST:PORT")
     settings = _settings(args, spaces, budgets)
     out = Path(args.out)
-    summary = run_oracle(settings, out, resume=args.resume, workers=args.workers, scheduler=args.scheduler)
+    summary = run_oracle(settings, out, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
+                         threads=args.threads)
     rule, exact, knap = summary["rule"], summary["rule_exact"], summary["knapsack"]
     reach = knap["percent_layers_at_full_quality"]
     print(f"skiporacle: {summary['sequences']} sequences in {out / 'allocations.jsonl'} "
@@ -261,7 +269,8 @@ def perplexity(args: argparse.Namespace) -> int:
     targets = [tokenizer(r["references"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
                for r in records]
     start = time.perf_counter()
-    nlls = teacher_forced_passes(model, tokenizer, [r["prompt"] for r in records], targets, allocations, nll)
+    nlls = teacher_forced_passes(model, tokenizer, [r["prompt"] for r in records], targets, allocations, nll,
+                                 first_token=settings.get("first_token", "allocation"))
     tokens = sum(map(len, targets))
     table = [{"spec": a.spec, "cost": a.cost, "perplexity": math.exp(sum(row[k] for row in nlls) / tokens)}
              for k, a in enumerate(allocations)]

@@ -168,6 +168,7 @@ def test_controller_cli_cross_validates_and_saves(capsys, two_runs):
     assert (run / "controller" / "controller.png").stat().st_size > 10_000
     assert (run / "controller" / "model" / "weights.npz").exists()
     assert (run / "features.npz").exists()
+    assert [p["train_rows"] for p in result["learning_curve"]] == sorted(p["train_rows"] for p in result["learning_curve"])
 
 
 def test_controller_cli_cross_run_and_deploy(capsys, two_runs, controller_data):
