@@ -28,9 +28,9 @@ def plot_controller(path: Path, result: dict, labels: Labels) -> None:
     curve = knapsack(labels.scores, labels.costs)
     xs, ys = zip(*[(100 * m / n_layers, y) for m, y in curve.points(n_layers)])
     ax.plot(xs, ys, color="tab:blue", lw=2, label="knapsack oracle (in-sample: chosen and scored on the same data)")
-    split = result.get("split_reference_oracle") or {}
-    if split.get("knapsack_curve"):
-        pts = split["knapsack_curve"]
+    split = ((result.get("split_reference_oracle") or {}).get("held_out") or {}).get("knapsack", {})
+    if split.get("curve"):
+        pts = split["curve"]
         ax.plot([p["percent_layers"] for p in pts], [p["mean_score"] for p in pts], color="tab:cyan", lw=1.5,
                 label="split-reference oracle (chosen on ref 1, scored on the others)")
     for name, (label, colour, style) in STYLE.items():
