@@ -8,6 +8,7 @@ final number of a GSM8K-style answer (0 or 100). Nothing here downloads anything
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from functools import lru_cache
 from typing import Sequence
 
@@ -21,9 +22,11 @@ _ROUGE: tuple[str, ...] = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 # A sentence ends at . ! or ? followed by whitespace; existing newlines also end one.
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-# Thousands groups ("1,234") or plain digits, optional decimals; a '-' counts as a sign
-# only when not directly after a digit ("5-3" yields 5 and 3, not -3).
-_NUMBER = re.compile(r"(?<!\d)-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<!\d)-?\.\d+")
+# A number-like token: digits with commas between them, optional decimals, optional
+# exponent.  A '-' counts as a sign only when not directly after a digit ("5-3" yields
+# 5 and 3, not -3).  Whether its commas really separate thousands is checked after.
+_NUMBER = re.compile(r"(?<!\d)-?(?:\d+(?:,\d+)*(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?")
+_THOUSANDS = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][+-]?\d+)?|-?\.\d+(?:[eE][+-]?\d+)?")
 
 
 @lru_cache(maxsize=None)
@@ -73,9 +76,14 @@ def _rouge_table(types: tuple[str, ...], predictions: Sequence[str], refs: list[
 def gsm8k_number(text: str) -> str | None:
     """Final numeric answer of a GSM8K-style text, normalised, or None if it has none.
 
-    The first number after the last ``####`` if there is one, else the last number in the
-    text. Commas are dropped and trailing decimal zeros removed: "1,200" -> "1200",
-    "3.50" -> "3.5", "7.0" -> "7", "42." -> "42".
+    The answer is the first number-like token after the last ``####`` if there is one, else
+    the last one in the text.  GSM8K writes integers with ',' between groups of thousands,
+    so a comma is read as a thousands separator only between a first group of 1-3 digits
+    and groups of exactly 3: "1,200" -> "1200".  Any other comma inside the token ("7,00",
+    "12,50", "1234,567", "1,2345") makes it not one number: neither a decimal comma nor two
+    numbers can be told apart from a typo, so the answer is None (never a match).  The value
+    is written plainly, without exponent or trailing zeros: "1e5" -> "100000", "3.50" ->
+    "3.5", "7.0" -> "7", "42." -> "42", ".5" -> "0.5", "-0" -> "0", "007" -> "7".
     """
     found = None
     if "####" in text:
@@ -87,14 +95,14 @@ def gsm8k_number(text: str) -> str | None:
         number = matches[-1]
     else:
         number = found.group(0)
-    number = number.replace(",", "")
-    if "." in number:
-        number = number.rstrip("0").rstrip(".")
-    if number.startswith("-."):
-        number = "-0" + number[1:]
-    elif number.startswith("."):
-        number = "0" + number
-    return "0" if number in ("-0", "") else number
+    if not _THOUSANDS.fullmatch(number):
+        return None
+    value = Decimal(number.replace(",", ""))
+    if value == 0:
+        return "0"
+    if abs(value.adjusted()) > 100:  # a huge exponent: keep the answer short, still exact
+        return str(value.normalize())
+    return format(value.normalize(), "f")
 
 
 def sequence_scores(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
