@@ -11,7 +11,8 @@ def render_prompt(task: Task, example: Example, tokenizer: Any, source: str | No
     """The prompt text for one example.
 
     Tokenizers with a chat template get a single user turn ``"{instruction}\\n\\n{source}"``
-    with the generation prompt appended; others get
+    with the generation prompt appended; others get ``task.template`` with every
+    ``{input}`` replaced by the source (nothing else in it is interpreted) or, without one,
     ``"### {source_label}: {source}\\n\\n### {target_label}:"``. ``source`` overrides
     ``example.source`` (e.g. a truncated one).
     """
@@ -20,6 +21,8 @@ def render_prompt(task: Task, example: Example, tokenizer: Any, source: str | No
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": f"{task.instruction}\n\n{text}"}],
             tokenize=False, add_generation_prompt=True)
+    if task.template is not None:
+        return task.template.replace("{input}", text)
     return f"### {task.source_label}: {text}\n\n### {task.target_label}:"
 
 

@@ -11,7 +11,7 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,6 +39,10 @@ class Task:
     instruction: str  # chat-prompt instruction, put before the source
     source_label: str  # plain-template labels: "### Article: ...\n\n### Summary:"
     target_label: str
+    # The default --max-new-tokens, room for a typical answer: a decoding default, so it is
+    # left out of comparisons, which concern what the task asks and how it is scored.
+    max_new_tokens: int = field(default=48, compare=False)
+    template: str | None = None  # base models: the whole prompt, "{input}" standing for the source
 
 
 TASK_NAMES: tuple[str, ...] = (
@@ -49,16 +53,19 @@ _TASKS = {
     "xsum": Task("xsum", "rougeL", "Summarize the following article in one sentence.",
                  "Article", "Summary"),
     "cnndm": Task("cnndm", "rougeL", "Summarize the following news article in a few sentences.",
-                  "Article", "Summary"),
+                  "Article", "Summary", max_new_tokens=128),
     "samsum": Task("samsum", "rougeL", "Summarize the following dialogue.", "Dialogue", "Summary"),
     "alpaca": Task("alpaca", "rougeL", "Respond to the following instruction.",
-                   "Instruction", "Response"),
+                   "Instruction", "Response", max_new_tokens=256),
     "self-instruct": Task("self-instruct", "rougeL", "Respond to the following instruction.",
-                          "Instruction", "Response"),
+                          "Instruction", "Response", max_new_tokens=256),
     "gsm8k": Task("gsm8k", "exact_match",
                   "Solve the following math problem step by step. "
-                  "End with the final numeric answer after '####'.", "Question", "Answer"),
+                  "End with the final numeric answer after '####'.", "Question", "Answer",
+                  max_new_tokens=256),
 }
+WMT22_MAX_NEW_TOKENS = 128  # one segment, often a paragraph; non-Latin scripts take more tokens
+FILE_MAX_NEW_TOKENS = 48  # --data: no task to go by, so the summarisation default
 
 _LANGUAGES = {
     "cs": "Czech", "de": "German", "en": "English", "fr": "French", "hr": "Croatian",
@@ -280,9 +287,23 @@ def _wmt22(pair: str, limit: int | None, offset: int) -> tuple[Task, list[Exampl
         refs.append(lines)
     src_name, tgt_name = _LANGUAGES.get(src, src), _LANGUAGES.get(tgt, tgt)
     instruction = f"Translate the following {src_name} text into {tgt_name}."
-    task = Task(f"wmt22:{pair}", "chrf", instruction, src_name, tgt_name)
+    task = Task(f"wmt22:{pair}", "chrf", instruction, src_name, tgt_name, max_new_tokens=WMT22_MAX_NEW_TOKENS)
     triples = ((i, line, [r[i] for r in refs]) for i, line in enumerate(sources))
     return _finish(task, triples, limit, offset, f"wmt22:{pair}")
+
+
+def check_prompt_options(instruction: str | None, template: str | None) -> None:
+    """Refuse (BadInput) a blank instruction, or a template without the ``{input}`` it fills in."""
+    if instruction is not None and not instruction.strip():
+        raise _bad("--instruction is empty")
+    if template is not None and "{input}" not in template:
+        raise _bad(f"--template {template!r} has no {{input}} to put the input text in")
+
+
+def max_new_tokens_defaults() -> dict[str, int]:
+    """The default --max-new-tokens of each registered task, of wmt22 pairs and of --data files."""
+    return {**{name: task.max_new_tokens for name, task in _TASKS.items()},
+            "wmt22": WMT22_MAX_NEW_TOKENS, "--data": FILE_MAX_NEW_TOKENS}
 
 
 def load_task(name: str, limit: int | None = None, offset: int = 0) -> tuple[Task, list[Example]]:
@@ -309,14 +330,18 @@ def load_task(name: str, limit: int | None = None, offset: int = 0) -> tuple[Tas
 
 def load_file(path: str | Path, input_field: str, reference_field: str, id_field: str | None = None,
               limit: int | None = None, offset: int = 0, metric: str = "rougeL",
-              instruction: str = "Respond to the following input.") -> tuple[Task, list[Example]]:
+              instruction: str = "Respond to the following input.",
+              template: str | None = None) -> tuple[Task, list[Example]]:
     """Load a user file: JSONL, JSON (list of objects), CSV, Parquet, or a ``save_to_disk`` folder.
 
     ``input_field`` holds the source text; ``reference_field`` a string or a list of strings
     (several references). Ids come from ``id_field`` or, without it, are row indices as strings.
-    The task is named ``file:<path>`` and uses the plain labels "Input"/"Output".
+    The task is named ``file:<path>``; chat models get ``instruction`` before the input, base
+    models ``template`` (see :func:`skiporacle.data.prompts.render_prompt`) or, without it,
+    the plain labels "Input"/"Output".
     """
     _check_window(limit, offset)
+    check_prompt_options(instruction, template)
     if metric not in METRICS:
         raise _bad(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     path = Path(path)
@@ -328,5 +353,5 @@ def load_file(path: str | Path, input_field: str, reference_field: str, id_field
         row_id = _field(row, id_field, where) if id_field else index
         source, refs = _field(row, input_field, where), _field(row, reference_field, where)
         triples.append((row_id, source, refs))
-    task = Task(f"file:{path}", metric, instruction, "Input", "Output")
+    task = Task(f"file:{path}", metric, instruction, "Input", "Output", FILE_MAX_NEW_TOKENS, template)
     return _finish(task, triples, limit, offset, str(path))

@@ -33,10 +33,15 @@ def score_candidates(
     prompt_under_allocation: bool = False,
     progress: bool = False,
     max_batch: int = 0,
+    first_token: str = "allocation",
 ) -> list[list[Candidate]]:
-    """Candidates [sequence][allocation]: greedy outputs scored against the references."""
+    """Candidates [sequence][allocation]: greedy outputs scored against the references.
+
+    `first_token` says who predicts each first generated token (see `generate_candidates`).
+    """
     generations = generate_candidates(
-        model, tokenizer, prompts, allocations, max_new_tokens, prompt_under_allocation, progress, max_batch
+        model, tokenizer, prompts, allocations, max_new_tokens, prompt_under_allocation, progress, max_batch,
+        first_token,
     )
     table: list[list[Candidate]] = []
     for gens, refs in zip(generations, references):

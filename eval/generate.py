@@ -1,10 +1,13 @@
 """Batched greedy generation under layer allocations.
 
-Protocol (the seed paper's): the prompt's key/value cache is built by the full
-model; every generated token is predicted by the allocation's layers.  We
-prefill the full model on all prompt tokens but the last, then each allocation
-reads the last prompt token itself, so that even the first generated token is
-the allocation's prediction.
+Protocol: the prompt's key/value cache is built by the full model, and
+`first_token` says who predicts the first generated token:
+- "allocation" (the default): the full model prefills all prompt tokens but the
+  last; each allocation reads the last prompt token itself, so every generated
+  token, the first included, is the allocation's prediction;
+- "full": the full model reads the whole prompt and predicts the first
+  generated token (once per batch, shared by every allocation); each allocation
+  reads that token and predicts the rest.
 
 Because the prompt cache does not depend on the allocation, it is computed once
 per batch of sequences and shared by every candidate allocation
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.cache import AllocationCache
+from skiporacle.eval.decode import decode_after, greedy_decode, positions, prefill, prefill_predict  # noqa: F401 (re-exported)
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
@@ -31,6 +35,7 @@ from skiporacle.search.allocation import Allocation
 # scores (batch x heads x P x P floats) of at most this many bytes.
 TOKENS_PER_BATCH = 32768
 SCORE_BYTES_PER_BATCH = 1 << 30
+FIRST_TOKEN = ("allocation", "full")  # who predicts the first generated token (see above)
 
 
 @dataclass(frozen=True)
@@ -96,68 +101,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids [B, T] of a left-padded mask [B, T]: 0 at each row's first real token."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> DynamicCache:
-    """Run `model` over ids [B, T] into `cache`; no logits are computed."""
-    if ids.shape[1] > 0:
-        model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True)
-    return cache
-
-
-def decode_one_token(
-    view: PreTrainedModel, tokens: torch.Tensor, mask: torch.Tensor, position: torch.Tensor, cache: DynamicCache
-) -> torch.Tensor:
-    """Feed tokens [B] at position [B] (mask [B, T+1] covers cache + token); return logits [B, V]."""
-    out = view(
-        input_ids=tokens[:, None],
-        attention_mask=mask,
-        position_ids=position[:, None],
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out.logits[:, -1]
-
-
-def greedy_decode(
-    view: PreTrainedModel,
-    cache: DynamicCache,
-    last_prompt_token: torch.Tensor,
-    mask: torch.Tensor,
-    max_new_tokens: int,
-    eos: frozenset[int],
-) -> list[list[int]]:
-    """Greedy tokens for each row, starting by feeding last_prompt_token [B].
-
-    `mask` [B, T] covers the cached positions plus the last prompt token.
-    A row leaves the batch once it emits EOS, so finished rows cost nothing.
-    """
-    out: list[list[int]] = [[] for _ in range(len(last_prompt_token))]
-    live = torch.arange(len(last_prompt_token))
-    tokens = last_prompt_token
-    position = mask.sum(-1) - 1
-    eos_tensor = torch.tensor(sorted(eos), dtype=torch.long)
-    for step in range(max_new_tokens):
-        logits = decode_one_token(view, tokens, mask, position, cache)
-        tokens = logits.argmax(-1)
-        for row, token in zip(live.tolist(), tokens.tolist()):
-            out[row].append(token)
-        done = torch.isin(tokens, eos_tensor)
-        if step + 1 == max_new_tokens or bool(done.all()):
-            break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            live, tokens, mask, position = live[keep], tokens[keep], mask[keep], position[keep]
-        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
-        position = position + 1
-    return out
-
-
 @torch.inference_mode()
 def generate_candidates(
     model: PreTrainedModel,
@@ -168,14 +111,19 @@ def generate_candidates(
     prompt_under_allocation: bool = False,
     progress: bool = False,
     max_batch: int = 0,
+    first_token: str = "allocation",
 ) -> list[list[Generation]]:
     """Greedy outputs [sequence][allocation] for every prompt under every allocation.
 
     The full-model prompt cache of each batch is computed once and shared by all
     allocations (with `prompt_under_allocation` each allocation reads the prompt
-    with its own layers instead, so nothing is shared).  Results do not depend on
-    how many allocations are passed together.
+    with its own layers instead, so nothing is shared).  With `first_token`
+    "full" the first generated token of each sequence is the full model's,
+    computed once from that shared prefill.  Results do not depend on how many
+    allocations are passed together.
     """
+    if first_token not in FIRST_TOKEN:
+        raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
     rows = encode_prompts(tokenizer, prompts)
     eos = eos_ids(model, tokenizer)
     results: list[list[Generation | None]] = [[None] * len(allocations) for _ in prompts]
@@ -183,13 +131,23 @@ def generate_candidates(
     bar = tqdm(total=len(prompts) * len(allocations), disable=not progress, unit="gen", desc="generate")
     for batch in batches:
         ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
-        shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        if first_token == "full":
+            full_cache = DynamicCache()
+            first = prefill_predict(model, ids, mask, full_cache).argmax(-1)
+            shared = None if prompt_under_allocation else full_cache
+        else:
+            shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
         for a, allocation in enumerate(allocations):
             view = allocation_view(model, allocation)
             cache = AllocationCache(allocation.layers, shared, reserve=max_new_tokens + 1)
-            if shared is None:
-                prefill(view, ids[:, :-1], mask[:, :-1], cache)
-            generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos)
+            if first_token == "full":
+                if shared is None:
+                    prefill(view, ids, mask, cache)
+                generated = decode_after(view, cache, first, mask, max_new_tokens, eos)
+            else:
+                if shared is None:
+                    prefill(view, ids[:, :-1], mask[:, :-1], cache)
+                generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos)
             for i, tokens in zip(batch, generated):
                 results[i][a] = Generation(tuple(tokens), _text(tokenizer, tokens, eos))
             bar.update(len(batch))
@@ -206,10 +164,12 @@ def generate(
     prompt_under_allocation: bool = False,
     progress: bool = False,
     max_batch: int = 0,
+    first_token: str = "allocation",
 ) -> list[Generation]:
     """Greedy outputs of every prompt under one allocation (prompt included)."""
     per_sequence = generate_candidates(
-        model, tokenizer, prompts, [allocation], max_new_tokens, prompt_under_allocation, progress, max_batch
+        model, tokenizer, prompts, [allocation], max_new_tokens, prompt_under_allocation, progress, max_batch,
+        first_token,
     )
     return [g[0] for g in per_sequence]
 

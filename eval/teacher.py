@@ -2,7 +2,10 @@
 
 Given the full model's greedy outputs y, one forward pass of an allocation over
 [last prompt token, y[:-1]] (on the shared full-model prompt cache) yields the
-allocation's prediction at every output position.  This serves the layer
+allocation's prediction at every output position.  With `first_token` "full"
+(the protocol of `generate_candidates`) the full model reads the whole prompt
+and gives the prediction of y[0] for every allocation; the allocation reads
+y[:-1] and predicts y[1:].  This serves the layer
 importance ranking (negative log-likelihood of y), the hidden-state similarity
 figure, and the verification of a candidate's greedy output against y.
 
@@ -16,7 +19,7 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from skiporacle.eval.generate import encode_prompts, left_pad, plan_batches, positions, prefill
+from skiporacle.eval.generate import FIRST_TOKEN, encode_prompts, left_pad, plan_batches, positions, prefill
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
@@ -32,8 +35,8 @@ def teacher_forced_hidden(
 ) -> torch.Tensor:
     """Final (normed) hidden states [B, T, H] predicting targets [B, T] under `view`.
 
-    `shared` holds the prompt minus its last token; `mask` [B, P] covers it plus
-    the last prompt token.  Targets are right-padded; a padded position's
+    `shared` holds every position before `last_prompt_token` (the token fed
+    first); `mask` [B, P] covers them plus that token.  Targets are right-padded; a padded position's
     output is meaningless but cannot affect earlier positions (causal).
     """
     inputs = torch.cat([last_prompt_token[:, None], targets[:, :-1]], dim=1)  # [B, T]
@@ -52,13 +55,17 @@ def teacher_forced_passes(
     continuations: Sequence[Sequence[int]],
     allocations: Sequence[Allocation],
     reduce,
+    first_token: str = "allocation",
 ) -> list[list[object]]:
     """Apply `reduce(hidden [T_i, H], target ids [T_i], lm_head) -> value` per sequence and allocation.
 
     Returns values [sequence][allocation].  The prompt cache of each batch is
-    computed once by the full model and shared by all allocations.
-    Continuations must be non-empty.
+    computed once by the full model and shared by all allocations.  With
+    `first_token` "full", hidden[0] (the prediction of the first target) is the
+    full model's for every allocation.  Continuations must be non-empty.
     """
+    if first_token not in FIRST_TOKEN:
+        raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
     rows = encode_prompts(tokenizer, prompts)
     results: list[list[object]] = [[None] * len(allocations) for _ in prompts]
     head = model.get_output_embeddings()
@@ -69,10 +76,22 @@ def teacher_forced_passes(
         targets = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         for b, i in enumerate(batch):
             targets[b, : len(continuations[i])] = torch.tensor(continuations[i], dtype=torch.long)
-        shared = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        if first_token == "full":
+            shared = DynamicCache()
+            first = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=shared,
+                                     use_cache=True).last_hidden_state[:, -1:]  # [B, 1, H]
+            mask = torch.cat([mask, mask.new_ones(len(batch), 1)], dim=1)  # ... plus the first target
+        else:
+            shared = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
         for a, allocation in enumerate(allocations):
             view = allocation_view(model, allocation)
-            hidden = teacher_forced_hidden(view, shared, allocation.layers, ids[:, -1], mask, targets)
+            if first_token != "full":
+                hidden = teacher_forced_hidden(view, shared, allocation.layers, ids[:, -1], mask, targets)
+            elif width > 1:
+                rest = teacher_forced_hidden(view, shared, allocation.layers, targets[:, 0], mask, targets[:, 1:])
+                hidden = torch.cat([first, rest], dim=1)
+            else:
+                hidden = first
             for b, i in enumerate(batch):
                 n = len(continuations[i])
                 results[i][a] = reduce(hidden[b, :n], targets[b, :n], head)

@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,10 @@ from skiporacle.eval.candidates import Candidate, score_candidates
 from skiporacle.eval.generate import encode_prompts, plan_batches
 from skiporacle.eval.importance import measure_importance
 from skiporacle.oracle.select import cheapest_identical, cheapest_matching
-from skiporacle.oracle.records import IMPORTANCE, append_records, check_writable, open_run, pin_candidates, write_json_atomic
+from skiporacle.oracle.records import IMPORTANCE, SETTINGS, append_records, check_writable, open_run, pin_candidates, write_json_atomic
 from skiporacle.oracle.setup import RunInputs, load_inputs, load_model_cached
 from skiporacle.oracle.summary import summarize
+from skiporacle.oracle.workers import run_calls
 from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.spaces import (
     early_exit_space,
@@ -64,6 +65,13 @@ class OracleSettings:
     prompt_under_allocation: bool
     batch_size: int = 0  # most sequences per batch; 0 = chosen from model and prompt sizes
     importance_file: str | None = None  # a stored ranking (importance.json) instead of ranking on calibration rows
+    first_token: str = "allocation"  # who predicts the first generated token: "allocation" or "full"
+    instruction: str | None = None  # chat models: the instruction before the input instead of the task's
+    template: str | None = None  # base models: the prompt, with {input} standing for the input text
+
+
+# Fields added after run folders were first written; a settings.json without one was made with its default.
+_ADDED_LATER = ("first_token", "instruction", "template")
 
 
 def build_candidates(settings: OracleSettings, inputs: RunInputs, out: Path, progress: bool) -> list[Allocation]:
@@ -146,12 +154,12 @@ def cached_drop_order(path: Path, model_name: str, dtype: str, ids: list[str], p
 
 
 def score_batch(settings: OracleSettings, prompts: list[str], references: list[list[str]], allocations: list[Allocation], threads: int, progress: bool) -> list[list[Candidate]]:
-    """Score one prefill batch (runs in the main process or a worker)."""
+    """Score one prefill batch with `threads` torch threads (runs in the main process or a worker)."""
     torch.set_num_threads(threads)
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
     return score_candidates(
         model, tokenizer, prompts, references, allocations, settings.metric, settings.max_new_tokens,
-        settings.prompt_under_allocation, progress,
+        settings.prompt_under_allocation, progress, first_token=settings.first_token,
     )
 
 
@@ -191,13 +199,18 @@ def make_record(example_id: str, prompt: str, references: list[str], candidates:
 
 def run_oracle(
     settings: OracleSettings, out: Path, resume: bool = False, workers: int = 1, scheduler: str | None = None,
-    progress: bool = True,
+    progress: bool = True, threads: int | None = None,
 ) -> dict:
-    """Run (or resume) the oracle into `out`; return the summary (also written to summary.json)."""
+    """Run (or resume) the oracle into `out`; return the summary (also written to summary.json).
+
+    Records are appended in the order of the batch plan, whatever order workers
+    finish in.  `threads`: torch threads per scoring process (default: this
+    process's count, or cores / workers with workers); summary.json records it.
+    """
     start = time.perf_counter()
     check_writable(out)
     inputs = load_inputs(settings)
-    done = open_run(out, _fingerprint(settings), resume)
+    done = open_run(out, _fingerprint(settings, out if resume else None), resume)
     allocations = build_candidates(settings, inputs, out, progress)
     pin_candidates(out, pinned_candidates(allocations))
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
@@ -206,56 +219,45 @@ def run_oracle(
     todo = [b for b in batches if any(inputs.ids[i] not in done for i in b)]
     resumed = len(done)
     bar = tqdm(total=len(inputs.ids), initial=resumed, unit="seq", desc="oracle", disable=not progress)
-    for batch, table in _scored_batches(settings, inputs, allocations, todo, workers, scheduler, progress):
-        records = [
-            make_record(inputs.ids[i], inputs.prompts[i], list(inputs.references[i]), row, settings.tolerance)
-            for i, row in zip(batch, table)
-            if inputs.ids[i] not in done
-        ]
-        append_records(out, records)
-        done.update(r["id"] for r in records)
-        bar.update(len(records))
+    in_process = workers <= 1 and scheduler is None
+    saved_threads = torch.get_num_threads()
+    if threads is None:  # all of this process's threads, or the cores shared among the workers
+        threads = saved_threads if in_process else max(1, (os.cpu_count() or 1) // max(workers, 1))
+    calls = [(settings, [inputs.prompts[i] for i in batch], [list(inputs.references[i]) for i in batch], allocations,
+              threads, progress and in_process) for batch in todo]
+    try:
+        for batch, table in zip(todo, run_calls(score_batch, calls, workers, scheduler)):
+            records = [
+                make_record(inputs.ids[i], inputs.prompts[i], list(inputs.references[i]), row, settings.tolerance)
+                for i, row in zip(batch, table)
+                if inputs.ids[i] not in done
+            ]
+            append_records(out, records)
+            done.update(r["id"] for r in records)
+            bar.update(len(records))
+    finally:
+        torch.set_num_threads(saved_threads)  # score_batch set it in this process too
     bar.close()
     summary = summarize(out, settings_dict=asdict(settings), wall_seconds=time.perf_counter() - start,
-                        extra={"workers": workers, "resumed_sequences": resumed, "machine": _machine()})
+                        extra={"workers": workers, "resumed_sequences": resumed, "machine": _machine(threads)})
     return summary
 
 
-def _scored_batches(settings, inputs, allocations, todo, workers, scheduler, progress):
-    """Yield (batch indices, candidates table) for each batch to do, in the main process or via joblib."""
-    def args(batch, threads, inner_progress):
-        return (settings, [inputs.prompts[i] for i in batch], [list(inputs.references[i]) for i in batch],
-                allocations, threads, inner_progress)
+def _fingerprint(settings: OracleSettings, resumed: Path | None = None) -> dict:
+    """The settings as stored in settings.json (they determine every candidate and record).
 
-    if workers <= 1 and scheduler is None:
-        for batch in todo:
-            yield batch, score_batch(*args(batch, torch.get_num_threads(), progress))
-        return
-    from contextlib import nullcontext
-
-    from joblib import Parallel, delayed, parallel_config
-
-    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
-    if scheduler:
-        from distributed import Client  # joblib's dask backend runs on the current client
-
-    client = Client(scheduler) if scheduler else nullcontext()
-    with client, parallel_config(backend="dask" if scheduler else "loky", n_jobs=workers):
-        results = Parallel(return_as="generator_unordered")(
-            delayed(_indexed)(n, score_batch, *args(batch, threads, False)) for n, batch in enumerate(todo)
-        )
-        for n, table in results:
-            yield todo[n], table
+    Resuming the run in `resumed`, a field added later that its settings.json lacks
+    is left out while at its default, so a run older than the field still resumes.
+    """
+    stored = json.loads(json.dumps(asdict(settings)))
+    path = resumed / SETTINGS if resumed is not None else None
+    if path is None or not path.exists():
+        return stored
+    existing = json.loads(path.read_text(encoding="utf-8"))
+    defaults = {f.name: f.default for f in fields(OracleSettings)}
+    return {k: v for k, v in stored.items() if k in existing or k not in _ADDED_LATER or v != defaults[k]}
 
 
-def _indexed(n, fn, *args):
-    return n, fn(*args)
-
-
-def _fingerprint(settings: OracleSettings) -> dict:
-    """The settings as stored in settings.json (they determine every candidate and record)."""
-    return json.loads(json.dumps(asdict(settings)))
-
-
-def _machine() -> dict:
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+def _machine(threads: int) -> dict:
+    """Where the run was scored; `torch_threads` is the torch thread count of each scoring process."""
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": threads}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
 
 from skiporacle.data.errors import BadInput
 from skiporacle.data.prompts import fit_prompt
-from skiporacle.data.tasks import Example, Task, load_file, load_task
+from skiporacle.data.tasks import Example, Task, check_prompt_options, load_file, load_task
 from skiporacle.eval.model import load_model, num_layers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -41,11 +41,18 @@ class RunInputs:
 
 
 def load_examples(settings, limit: int, offset: int) -> tuple[Task, list[Example]]:
-    """The task's examples[offset:offset+limit], from the registry or a user's file."""
+    """The task's examples[offset:offset+limit], from the registry or a user's file.
+
+    `settings.instruction` and `settings.template`, when set, replace the task's own.
+    """
+    instruction, template = getattr(settings, "instruction", None), getattr(settings, "template", None)
+    check_prompt_options(instruction, template)
     if settings.data_file:
-        return load_file(settings.data_file, settings.input_field, settings.reference_field, settings.id_field,
-                         limit=limit, offset=offset)
-    return load_task(settings.task, limit=limit, offset=offset)
+        task, examples = load_file(settings.data_file, settings.input_field, settings.reference_field,
+                                   settings.id_field, limit=limit, offset=offset)
+    else:
+        task, examples = load_task(settings.task, limit=limit, offset=offset)
+    return replace(task, instruction=instruction or task.instruction, template=template or task.template), examples
 
 
 def load_inputs(settings) -> RunInputs:
@@ -56,6 +63,11 @@ def load_inputs(settings) -> RunInputs:
     except BadInput:  # no examples left after the evaluated ones
         calibration = []
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    chat = getattr(tokenizer, "chat_template", None) is not None
+    if getattr(settings, "template", None) and chat:
+        raise BadInput(f"--template is for base models; {settings.model} has a chat template: use --instruction")
+    if getattr(settings, "instruction", None) and not chat:
+        raise BadInput(f"--instruction is for chat models; {settings.model} has no chat template: use --template")
     context, budget = prompt_budget(model, tokenizer, settings.max_new_tokens)
     fitted = [fit_prompt(task, e, tokenizer, budget) for e in examples]
     truncated = sum(t for _, t in fitted)

@@ -1,0 +1,106 @@
+"""Model passes of greedy generation: prefill a prompt into a cache, then decode token by token.
+
+Shapes: B = sequences, T = tokens in the cache (plus the one being fed), V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [B, T] of a left-padded mask [B, T]: 0 at each row's first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> DynamicCache:
+    """Run `model` over ids [B, T] into `cache`; no logits are computed."""
+    if ids.shape[1] > 0:
+        model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True)
+    return cache
+
+
+def prefill_predict(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """Run `model` over ids [B, T] into `cache`; return the logits [B, V] at the last position."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=cache, use_cache=True,
+                logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+def decode_one_token(
+    view: PreTrainedModel, tokens: torch.Tensor, mask: torch.Tensor, position: torch.Tensor, cache: DynamicCache
+) -> torch.Tensor:
+    """Feed tokens [B] at position [B] (mask [B, T+1] covers cache + token); return logits [B, V]."""
+    out = view(
+        input_ids=tokens[:, None],
+        attention_mask=mask,
+        position_ids=position[:, None],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
+def greedy_decode(
+    view: PreTrainedModel,
+    cache: DynamicCache,
+    last_prompt_token: torch.Tensor,
+    mask: torch.Tensor,
+    max_new_tokens: int,
+    eos: frozenset[int],
+) -> list[list[int]]:
+    """Greedy tokens for each row, starting by feeding last_prompt_token [B].
+
+    `mask` [B, T] covers the cached positions plus the last prompt token.
+    A row leaves the batch once it emits EOS, so finished rows cost nothing.
+    """
+    out: list[list[int]] = [[] for _ in range(len(last_prompt_token))]
+    live = torch.arange(len(last_prompt_token))
+    tokens = last_prompt_token
+    position = mask.sum(-1) - 1
+    eos_tensor = torch.tensor(sorted(eos), dtype=torch.long)
+    for step in range(max_new_tokens):
+        logits = decode_one_token(view, tokens, mask, position, cache)
+        tokens = logits.argmax(-1)
+        for row, token in zip(live.tolist(), tokens.tolist()):
+            out[row].append(token)
+        done = torch.isin(tokens, eos_tensor)
+        if step + 1 == max_new_tokens or bool(done.all()):
+            break
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            live, tokens, mask, position = live[keep], tokens[keep], mask[keep], position[keep]
+        mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
+        position = position + 1
+    return out
+
+
+def decode_after(
+    view: PreTrainedModel,
+    cache: DynamicCache,
+    first: torch.Tensor,
+    mask: torch.Tensor,
+    max_new_tokens: int,
+    eos: frozenset[int],
+) -> list[list[int]]:
+    """Greedy tokens for each row, starting with its given first token first [B].
+
+    `cache` and `mask` [B, T] cover every position before that token; the view
+    reads it and predicts the rest.  Rows whose first token is EOS stop there.
+    """
+    if max_new_tokens <= 0:
+        return [[] for _ in range(len(first))]
+    out = [[token] for token in first.tolist()]
+    live = [row for row, token in enumerate(first.tolist()) if token not in eos]
+    if max_new_tokens <= 1 or not live:
+        return out
+    keep = torch.tensor(live, dtype=torch.long)
+    if len(live) < len(first):
+        cache.batch_select_indices(keep)
+    mask = torch.cat([mask[keep], mask.new_ones(len(live), 1)], dim=-1)
+    for row, tokens in zip(live, greedy_decode(view, cache, first[keep], mask, max_new_tokens - 1, eos)):
+        out[row] += tokens
+    return out
