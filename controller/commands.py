@@ -73,6 +73,9 @@ def deploy(args: argparse.Namespace, settings, inputs) -> int:
                        f"{settings.model!r} has {inputs.num_layers}")
     if stored["model"] != settings.model:
         raise BadInput(f"controller {args.controller!r} was trained on model {stored['model']!r}, not {settings.model!r}")
+    protocol = getattr(settings, "first_token", "allocation")
+    if protocol != stored.get("first_token", "allocation") or protocol != "allocation":
+        raise BadInput(f"--controller deploys under --first-token allocation, the protocol of its labels; got {protocol!r}")
     seen = set(stored["train_content_hashes"]) & {content_hash(p) for p in inputs.prompts}
     if seen:
         raise BadInput(f"{len(seen)} of these prompts were among the controller's training rows (by content); "

@@ -178,6 +178,7 @@ def save_controller(folder: Path, fitted, train: Labels, settings: EvalSettings,
         "tolerance": settings.tolerance, "guarded_labels": guarded, "train_run": train.run,
         "train_ids": train.ids, "train_content_hashes": sorted(train.content_hashes()),
         "max_new_tokens": train.settings["max_new_tokens"], "task": train.settings["task"],
+        "first_token": train.settings.get("first_token", "allocation"),
     })
 
 

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(gen)
     _add_model_args(gen)
     _add_first_token(gen)
+    gen.add_argument("--controller", metavar="DIR",
+                     help=("decide each sequence's allocation at prefill with this controller (from `skiporacle controller`), "
+                           "generate with real skipping, and time it against the full model on the same sequences"))
+    gen.add_argument("--tau", type=float, default=None,
+                     help="with --controller: the threshold on the predicted probability (default: the controller's own)")
     gen.add_argument("--layers", default="all",
                      help="allocation: all, uniform:N (N layers kept), exit:L (layers 0..L-1), or a list like 0-10,12,15-29")
 
@@ -130,6 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help=("torch threads of each scoring process (default: all of this process's, or cores / K with "
                          "--workers K); allocations.jsonl is byte-identical only between runs with the same count"))
 
+    con = sub.add_parser("controller", help="learn per-sequence allocations from an oracle run, judged on unseen sequences",
+                         description=(
+                             "Train a controller that picks each sequence's allocation from its prompt alone (features of "
+                             "the full model's prefill), and evaluate it honestly: with k-fold cross-validation every "
+                             "sequence is decided by a controller that never saw it; with --train it is trained on another "
+                             "run with the same candidates. Writes OUT/controller.json (figures with 95 %% bootstrap "
+                             "intervals, the in-sample oracle, a shuffled oracle and a prompt-length baseline on the same "
+                             "sequences), OUT/controller.png, and a deployable controller in OUT/model/."))
+    con.add_argument("--run", required=True, help="the oracle run to evaluate on (its labels and prompts)")
+    con.add_argument("--train", metavar="RUN", help="train on this run instead of cross-validating (same candidates, no shared prompt)")
+    con.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    con.add_argument("--tolerance", type=float, default=0.0,
+                     help="a candidate matches if its score >= full score - tolerance (default: 0)")
+    con.add_argument("--seed", type=int, default=0, help="seed of the fold assignment and the bootstrap (default: 0)")
+    con.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over sequences (default: 200)")
+    con.add_argument("--out", help="output folder (default: RUN/controller, or RUN/controller-from-TRAIN with --train)")
+
     rnk = sub.add_parser("rank", help="rank layers by importance on fixed rows, for --importance",
                          description=("Measure the importance order (the damage of removing each layer alone: perplexity "
                                       "of the full model's greedy continuations) on rows OFFSET..OFFSET+LIMIT-1 of a task, "
@@ -137,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(rnk)
     _add_model_args(rnk)
     rnk.add_argument("--out", required=True, help="the importance.json to write")
+
+    pla = sub.add_parser("plausibility", help="the full model's NLL of every output of a run, for the plausibility guard",
+                         description=("Teacher-forced mean NLL (nats/token) of every candidate's output under the full model, "
+                                      "prompt given; writes RUN/plausibility.json and adds the guarded oracle to summary.json. "
+                                      "A candidate whose NLL exceeds the full output's by more than --margin cannot match."))
+    pla.add_argument("--run", required=True, help="run folder")
+    pla.add_argument("--margin", type=float, default=2.0, help="plausibility margin in nats/token (default: 2.0)")
 
     ppl = sub.add_parser("perplexity", help="perplexity of the references under each candidate of a run",
                          description=("Teacher-forced perplexity of each sequence's first reference under every candidate "

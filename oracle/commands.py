@@ -60,6 +60,10 @@ def generate(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     inputs = load_inputs(settings)
+    if args.controller:
+        from skiporacle.controller.commands import deploy
+
+        return deploy(args, settings, inputs)
     allocation = parse_spec(args.layers, inputs.num_layers)
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
     start = time.perf_counter()
@@ -114,6 +118,13 @@ def oracle(args: argparse.Namespace) -> int:
 def _ci(interval, unit: str) -> str:
     """" (95 % CI low-high unit)" after a figure, or nothing for a summary without that interval."""
     return f" (95 % CI {interval[0]:.1f}-{interval[1]:.1f}{unit})" if interval else ""
+
+
+def controller(args: argparse.Namespace) -> int:
+    """Train and evaluate a controller on an oracle run (see skiporacle.controller)."""
+    from skiporacle.controller.commands import controller as run_controller
+
+    return run_controller(args)
 
 
 def rank(args: argparse.Namespace) -> int:
@@ -248,6 +259,26 @@ def heal(args: argparse.Namespace) -> int:
     print(f"skiporacle: healed {allocation.spec} ({allocation.cost}/{n} layers: {','.join(map(str, allocation.layers))}) "
           f"in {meta['train_seconds']:.0f} s of training; held-out KL {meta['kl']['initial']:.4f} -> "
           f"{meta['kl']['final']:.4f} nats/token; saved to {out}")
+    return 0
+
+
+def plausibility(args: argparse.Namespace) -> int:
+    """The full model's NLL of every output of a run (RUN/plausibility.json), then the summary again."""
+    from skiporacle.oracle.plausibility import write_plausibility
+
+    out = Path(args.run)
+    stored = write_plausibility(out, args.margin, load_model_cached)
+    table = stored["sequences"].values()
+    implausible = sum(v > row["full"] + args.margin for row in table for v in row["candidates"].values())
+    total = sum(len(row["candidates"]) for row in table)
+    print(f"skiporacle: {implausible} of {total} candidate outputs are implausible (NLL > full + {args.margin:g} "
+          f"nats/token); wrote {out / 'plausibility.json'}")
+    try:
+        from skiporacle.oracle.summary import resummarize
+    except ImportError:
+        return 0
+    resummarize(out)
+    print(f"skiporacle: summary.json updated with the guarded oracle")
     return 0
 
 
