@@ -21,6 +21,7 @@ import numpy as np
 from skiporacle.controller.decide import knapsack_choices, threshold_choices
 from skiporacle.controller.model import Fitted, fit
 from skiporacle.oracle.select import knapsack
+from skiporacle.oracle.stats import RESAMPLES
 
 TAUS = tuple(np.round(np.linspace(0.0, 1.0, 51), 4))
 SHUFFLES = 20  # permutations averaged by the shuffled-oracle baseline
@@ -32,7 +33,7 @@ class EvalSettings:
     tolerance: float = 0.0  # a candidate matches if its score >= full - tolerance
     folds: int = 5
     seed: int = 0
-    resamples: int = 200
+    resamples: int = RESAMPLES
 
 
 def fold_of(n: int, folds: int, seed: int) -> np.ndarray:

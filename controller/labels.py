@@ -15,6 +15,7 @@ import numpy as np
 
 from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import content_hash
+from skiporacle.oracle.guard import missing_sequences, plausible_mask
 from skiporacle.oracle.plausibility import PLAUSIBILITY
 from skiporacle.oracle.records import load_run
 from skiporacle.oracle.summary import score_matrix
@@ -68,16 +69,12 @@ def load_labels(run: Path, min_sequences: int = 1) -> Labels:
 
 
 def _plausible(run: Path, records: list[dict], specs: list[str]) -> np.ndarray | None:
+    """The plausibility guard's mask [N, K] at the margin stored with the table, or None without a table."""
     path = run / PLAUSIBILITY
     if not path.exists():
         return None
     stored = json.loads(path.read_text(encoding="utf-8"))
-    margin, table = stored["margin"], stored["sequences"]
-    missing = [r["id"] for r in records if r["id"] not in table]
+    missing = missing_sequences(records, stored)
     if missing:
         raise BadInput(f"{str(path)!r} lacks {len(missing)} sequences (e.g. {missing[0]!r}); rerun skiporacle plausibility")
-    rows = []
-    for r in records:
-        entry = table[r["id"]]
-        rows.append([entry["candidates"][s] <= entry["full"] + margin for s in specs[:-1]] + [True])
-    return np.array(rows, dtype=bool)
+    return plausible_mask(records, stored, stored.get("margin"))

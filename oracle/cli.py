@@ -1,4 +1,4 @@
-"""The `skiporacle` command: generate, heal, oracle, perplexity, dump, curves.
+"""The `skiporacle` command: generate, heal, oracle, perplexity, dump, curves, report.
 
 Bad input of any kind ends with one line on stderr and exit code 2.
 """
@@ -10,6 +10,7 @@ import os
 import sys
 
 from skiporacle.data.errors import BadInput
+from skiporacle.oracle.stats import RESAMPLES
 from skiporacle.data.tasks import max_new_tokens_defaults
 
 DEFAULT_BUDGETS = "8,12,16,20,24,26,28,29"
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--tolerance", type=float, default=0.0,
                      help="a candidate matches if its score >= full score - tolerance (default: 0)")
     con.add_argument("--seed", type=int, default=0, help="seed of the fold assignment and the bootstrap (default: 0)")
-    con.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over sequences (default: 200)")
+    con.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples over sequences (default: {RESAMPLES})")
     con.add_argument("--out", help="output folder (default: RUN/controller, or RUN/controller-from-TRAIN with --train)")
 
     rnk = sub.add_parser("rank", help="rank layers by importance on fixed rows, for --importance",
@@ -181,9 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     cur = sub.add_parser("curves", help="compute-vs-quality curves of a run (curves.csv, curves.png, similarity.png)",
                          description="Plot mean score against mean %% of layers per generated token, with 95 %% bootstrap bands.")
     cur.add_argument("--run", required=True, help="run folder")
-    cur.add_argument("--resamples", type=int, default=200, help="bootstrap resamples (default: 200)")
+    cur.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples (default: {RESAMPLES})")
     cur.add_argument("--similarity", type=int, default=16,
                      help="sequences used for similarity.png (0 to skip; default: 16)")
+
+    rep = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)",
+                         description=("Write a single HTML file that opens from disk: settings, headline figures with "
+                                      "their intervals, the run's plots, the controller's figures when "
+                                      "RUN/controller/controller.json exists, and every sequence's outputs side by "
+                                      "side with word-level differences from the full output. The model is not run."))
+    rep.add_argument("--run", required=True, help="run folder")
+    rep.add_argument("--output", help="output file (default: RUN/report.html)")
     return parser
 
 

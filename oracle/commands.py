@@ -72,7 +72,7 @@ def generate(args: argparse.Namespace) -> int:
                            first_token=settings.first_token)
     seconds = time.perf_counter() - start
     texts = [g.text for g in outputs]
-    scores = sequence_scores(settings.metric, texts, inputs.references)
+    scores = sequence_scores(settings.metric, texts, [inputs.task.scoring_references(r) for r in inputs.references])
     for example_id, text, score, g in zip(inputs.ids, texts, scores, outputs):
         print(f"[{example_id}] {settings.metric}={score:.2f} ({len(g.tokens)} tokens)\n  {text}")
     tokens = sum(len(g.tokens) for g in outputs)
@@ -82,7 +82,7 @@ def generate(args: argparse.Namespace) -> int:
     print(f"mean {settings.metric} = {sum(scores) / len(scores):.2f} over {len(scores)} sequences; "
           f"{tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tokens/s)")
     if settings.metric.startswith("rouge") or settings.metric in ("bleu", "chrf"):
-        corpus = all_corpus_scores(texts, inputs.references)
+        corpus = all_corpus_scores(texts, [inputs.task.scoring_references(r) for r in inputs.references])
         print("corpus: " + ", ".join(f"{k} {v:.2f}" for k, v in corpus.items()))
     return 0
 
@@ -200,6 +200,13 @@ def curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    """Write RUN/report.html, a self-contained page of the run (see skiporacle.oracle.report)."""
+    from skiporacle.oracle.report import report_command
+
+    return report_command(args)
+
+
 def heal(args: argparse.Namespace) -> int:
     """Distil one allocation into a healed variant folder (resumable)."""
     from skiporacle.data.prompts import fit_prompt
@@ -269,7 +276,8 @@ def plausibility(args: argparse.Namespace) -> int:
     out = Path(args.run)
     stored = write_plausibility(out, args.margin, load_model_cached)
     table = stored["sequences"].values()
-    implausible = sum(v > row["full"] + args.margin for row in table for v in row["candidates"].values())
+    implausible = sum(v is None or row["full"] is not None and v > row["full"] + args.margin
+                      for row in table for v in row["candidates"].values())
     total = sum(len(row["candidates"]) for row in table)
     print(f"skiporacle: {implausible} of {total} candidate outputs are implausible (NLL > full + {args.margin:g} "
           f"nats/token); wrote {out / 'plausibility.json'}")

@@ -34,6 +34,7 @@ def write_plausibility(out: Path, margin: float, load_model, progress: bool = Tr
         specs = [c["spec"] for c in records[0]["candidates"]]
         texts = [[c["output"] for c in r["candidates"]] + [r["full"]["output"]] for r in records]
         nll = output_nll(model, tokenizer, [r["prompt"] for r in records], texts, progress)
+        nll = [[None if math.isinf(v) else v for v in row] for row in nll]  # null: an empty output, nothing to judge
         table = {r["id"]: {"full": row[-1], "candidates": dict(zip(specs, row[:-1]))} for r, row in zip(records, nll)}
         stored = {"sequences": table, "seconds": time.perf_counter() - start}
     stored = {**stored, "margin": margin}

@@ -223,7 +223,8 @@ def run_oracle(
     saved_threads = torch.get_num_threads()
     if threads is None:  # all of this process's threads, or the cores shared among the workers
         threads = saved_threads if in_process else max(1, (os.cpu_count() or 1) // max(workers, 1))
-    calls = [(settings, [inputs.prompts[i] for i in batch], [list(inputs.references[i]) for i in batch], allocations,
+    scored = [inputs.task.scoring_references(r) for r in inputs.references]
+    calls = [(settings, [inputs.prompts[i] for i in batch], [scored[i] for i in batch], allocations,
               threads, progress and in_process) for batch in todo]
     try:
         for batch, table in zip(todo, run_calls(score_batch, calls, workers, scheduler)):

@@ -367,3 +367,14 @@ def test_fit_prompt_too_small(chat_tokenizer, base_tokenizer):
         fit_prompt(XSUM, LONG, chat_tokenizer, 5)
     with pytest.raises(BadInput, match="max_prompt_tokens=3"):
         fit_prompt(XSUM, LONG, base_tokenizer, 3)
+
+
+def test_cnndm_scores_against_the_highlights_alone():
+    """CNN/DM keeps 11 references for the split-reference oracle; a sequence's score uses the highlights only."""
+    from skiporacle.data.tasks import load_task
+
+    task, (example,) = load_task("cnndm", limit=1)
+    assert len(example.references) == 11
+    assert task.scoring_references(example.references) == [example.references[0]]
+    xsum, (other,) = load_task("xsum", limit=1)
+    assert xsum.scoring_references(other.references) == list(other.references)
