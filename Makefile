@@ -26,7 +26,7 @@ LABELS        ?= runs/labels-$(subst :,-,$(TASK))-$(LABEL_N)
 TRAIN_RUN     ?=
 CONTROLLER_ARGS ?=
 
-.PHONY: setup ranking labels controller heal oracle perplexity dump curves test bench clean
+.PHONY: setup ranking labels controller heal oracle perplexity dump curves report test bench clean
 
 setup: $(STAMP)
 
@@ -72,6 +72,9 @@ dump: setup  ## one row per sequence x candidate of the run in OUT
 
 curves: setup  ## curves.csv, curves.png and similarity.png of the run in OUT
 	$(BIN)/skiporacle curves --run $(OUT)
+
+report: setup  ## RUN/report.html of the run in OUT: one self-contained page (figures, plots, every output)
+	$(BIN)/skiporacle report --run $(OUT)
 
 test: setup
 	$(BIN)/python -m pytest
