@@ -141,18 +141,23 @@ def evaluate(prob: np.ndarray, pred: np.ndarray, length_prob: np.ndarray, scores
     rng = np.random.default_rng(settings.seed)
     boot = {k: [] for k in ("controller", "budget", "oracle", "saving_kept", "difference", "prompt_length",
                                  "static", "controller_minus_static")}
+    not_reaching = {"controller": 0, "budget": 0, "prompt_length": 0}
     for _ in range(settings.resamples):
         rows = rng.integers(0, n, n)
-        c, o = reach(curves["threshold"], full, rows), oracle_reach(scores, costs, rows)
+        # A resample on which a curve never reaches full quality counts as needing every layer (censored).
+        reached = {name: reach(curves["threshold" if name == "controller" else name], full, rows) for name in not_reaching}
+        for name, value in reached.items():
+            not_reaching[name] += value is None
+        c, b, p = (num_layers if reached[k] is None else reached[k] for k in ("controller", "budget", "prompt_length"))
+        o, st = oracle_reach(scores, costs, rows), static_reach(scores, costs, rows)
         boot["controller"].append(percent(c, num_layers))
-        boot["budget"].append(percent(reach(curves["budget"], full, rows), num_layers))
-        boot["prompt_length"].append(percent(reach(curves["prompt_length"], full, rows), num_layers))
-        s = static_reach(scores, costs, rows)
-        boot["static"].append(percent(s, num_layers))
-        boot["controller_minus_static"].append(None if c is None else 100 * (c - s) / num_layers)
+        boot["budget"].append(percent(b, num_layers))
+        boot["prompt_length"].append(percent(p, num_layers))
+        boot["static"].append(percent(st, num_layers))
+        boot["controller_minus_static"].append(100 * (c - st) / num_layers)
         boot["oracle"].append(percent(o, num_layers))
         boot["saving_kept"].append(_kept(c, o, num_layers))
-        boot["difference"].append(None if c is None or o is None else 100 * (c - o) / num_layers)
+        boot["difference"].append(None if o is None else 100 * (c - o) / num_layers)
     static = [{"candidate": k, "percent_layers": 100 * costs[k] / num_layers, "mean_score": float(scores[:, k].mean())}
               for k in range(len(costs))]
     at = controller if controller is not None else num_layers
@@ -169,6 +174,7 @@ def evaluate(prob: np.ndarray, pred: np.ndarray, length_prob: np.ndarray, scores
             "oracle_layers_at_full_quality_percent": interval(boot["oracle"]),
             "saving_kept": interval(boot["saving_kept"]),
             "controller_minus_oracle_percent_paired": interval(boot["difference"]),
+            "resamples_not_reaching": not_reaching,
         },
         "budget_mode": {"layers_at_full_quality_percent": percent(reach(curves["budget"], full), num_layers),
                         "interval": interval(boot["budget"])},
