@@ -30,6 +30,10 @@ def controller(args: argparse.Namespace) -> int:
     print(f"oracle (in-sample knapsack): full quality at {_fmt(result['oracle_layers_at_full_quality_percent'], lo_hi['oracle_layers_at_full_quality_percent'])} of layers")
     print(f"controller (held-out, threshold mode): {_fmt(result['layers_at_full_quality_percent'], lo_hi['layers_at_full_quality_percent'])}; "
           f"budget mode {_fmt(result['budget_mode']['layers_at_full_quality_percent'], result['budget_mode']['interval'])}")
+    fixed = result["fixed_threshold"]
+    print(f"controller at a threshold chosen on {fixed['tau_chosen_on']}: {fixed['percent_layers']:.1f} % of layers "
+          f"[{_span(fixed['percent_layers_ci95'])}], mean {result['metric']} minus full {fixed['mean_score_minus_full']:+.2f} "
+          f"[{_span(fixed['mean_score_minus_full_ci95'])}] (paired)")
     kept = result["saving_kept"]
     print("saving kept: " + ("none (the oracle saves nothing)" if kept is None else
                              f"{100 * kept:.0f} % of the oracle's saving, 95 % interval "

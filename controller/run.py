@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from skiporacle.controller.decide import threshold_choices
-from skiporacle.controller.evaluate import (TAUS, EvalSettings, cross_validated, evaluate, fold_of, oracle_reach, percent,
-                                            reach, threshold_curve)
+from skiporacle.controller.evaluate import (EvalSettings, choose_tau, cross_validated, evaluate, fair_point, fold_of,
+                                            nested_choices, oracle_reach, percent, reach, threshold_curve)
 from skiporacle.controller.labels import Labels, load_labels
 from skiporacle.controller.model import fit, load_arrays, save_arrays
 from skiporacle.data.errors import BadInput
@@ -90,6 +90,12 @@ def _block(train: Labels, test: Labels, x_train, x_test, settings: EvalSettings,
         block["oracle_layers_at_full_quality_percent_guarded"] = percent(oracle_reach(oracle_scores, test.costs),
                                                                          test.num_layers)
     if train is test:
+        choices = nested_choices(x_train, match, delta, scalars, folds, test.costs, test.scores, settings.seed)
+    else:
+        choices = threshold_choices(prob, test.costs, _deploy_tau(x_train, train, settings, guarded))
+    block["fixed_threshold"] = {"tau_chosen_on": "the training rows only" + (" (nested in each fold)" if train is test else ""),
+                                **fair_point(choices, test.costs, test.scores, settings)}
+    if train is test:
         block["learning_curve"] = learning_curve(x_train, match, delta, test, settings, folds)
     block["labels"] = "guarded" if guarded else "unguarded"
     return block
@@ -130,7 +136,7 @@ def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalS
     prob, _ = final.predict(x_test)
     threshold_choices(prob, test.costs, 0.5)
     decide_us = 1e6 * (time.perf_counter() - started) / len(x_test)
-    tau = _deploy_tau(final, x_train, train, settings, variants[-1])
+    tau = _deploy_tau(x_train, train, settings, variants[-1])
     out.mkdir(parents=True, exist_ok=True)
     save_controller(out / "model", final, train, settings, variants[-1], tau)
     summary_path = Path(test.run) / "summary.json"
@@ -153,19 +159,14 @@ def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalS
     return result
 
 
-def _deploy_tau(final, x_train, train: Labels, settings: EvalSettings, guarded: bool) -> float:
-    """The threshold a deployed controller uses: the cheapest tau whose out-of-fold mean score on the
-    training rows reaches the full model's (chosen on training rows only)."""
+def _deploy_tau(x_train, train: Labels, settings: EvalSettings, guarded: bool) -> float:
+    """The threshold a deployed controller uses, chosen by cross-validation on its training rows only."""
     match, delta = _targets(train, settings, guarded)
     if len(train.ids) < 2 * settings.folds:
         return 1.0
     prob, _ = cross_validated(x_train, match, delta, SCALAR_COLUMNS(train.num_layers),
                               fold_of(len(train.ids), settings.folds, settings.seed))
-    curve = threshold_curve(prob, train.costs, train.scores)
-    best = reach(curve, train.full)
-    means = curve.layers.mean(1)
-    hits = [t for t, m in zip(TAUS, means) if best is not None and abs(m - best) < 1e-9]
-    return float(min(hits)) if hits else 1.0
+    return choose_tau(prob, train.costs, train.scores)
 
 
 def save_controller(folder: Path, fitted, train: Labels, settings: EvalSettings, guarded: bool, tau: float) -> None:

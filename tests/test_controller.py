@@ -18,7 +18,7 @@ import pytest
 from conftest import NUM_LAYERS, ORACLE_TEXTS, one_thread
 from skiporacle.controller.decide import knapsack_choices, threshold_choices
 from skiporacle.controller.evaluate import (EvalSettings, budget_curve, cross_validated, evaluate, fold_of,
-                                            oracle_reach, reach, threshold_curve)
+                                            nested_choices, oracle_reach, reach, threshold_curve)
 from skiporacle.controller.model import fit
 from skiporacle.oracle.cli import main
 from skiporacle.oracle.select import cheapest_matching, knapsack
@@ -101,6 +101,27 @@ def test_cross_validation_never_shows_a_sequence_its_own_labels():
     assert prob.shape == (20, 3) and (prob[:, -1] == 1).all()
 
 
+def test_the_fixed_threshold_is_chosen_without_the_rows_it_decides():
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(25, 5))
+    scores = rng.integers(0, 20, size=(25, 3)).astype(float)
+    folds = fold_of(25, 5, seed=0)
+    calls = []
+
+    def spy(x, m, d, scalars):
+        calls.append({tuple(row) for row in x})
+        return fit(x, m, d, scalars)
+
+    choices = nested_choices(features, scores >= scores[:, -1:], scores - scores[:, -1:], 2, folds, [1, 2, 3], scores,
+                             0, fit_fn=spy)
+    for f in np.unique(folds):
+        held_out = {tuple(row) for row in features[folds == f]}
+        decided_by = [c for c in calls if not c & held_out]
+        assert decided_by, "every fold has controllers trained without it"
+    assert all(any(not c & {tuple(r) for r in features[folds == f]} for f in np.unique(folds)) for c in calls)
+    assert choices.shape == (25,) and set(choices) <= {0, 1, 2}
+
+
 def test_fit_is_deterministic_and_learns_a_separable_rule():
     rng = np.random.default_rng(1)
     features = rng.normal(size=(60, 4))
@@ -168,6 +189,7 @@ def test_controller_cli_cross_validates_and_saves(capsys, two_runs):
     assert (run / "controller" / "controller.png").stat().st_size > 10_000
     assert (run / "controller" / "model" / "weights.npz").exists()
     assert (run / "features.npz").exists()
+    assert result["fixed_threshold"]["tau_chosen_on"].startswith("the training rows only")
     assert [p["train_rows"] for p in result["learning_curve"]] == sorted(p["train_rows"] for p in result["learning_curve"])
 
 
