@@ -24,9 +24,9 @@ from skiporacle.eval.candidates import Candidate, score_candidates
 from skiporacle.eval.generate import encode_prompts, plan_batches
 from skiporacle.eval.importance import measure_importance
 from skiporacle.oracle.select import cheapest_identical, cheapest_matching
-from skiporacle.oracle.records import IMPORTANCE, SETTINGS, append_records, check_writable, open_run, pin_candidates, write_json_atomic
+from skiporacle.oracle.records import IMPORTANCE, SETTINGS, SUMMARY, append_records, check_writable, open_run, pin_candidates, write_json_atomic
 from skiporacle.oracle.setup import RunInputs, load_inputs, load_model_cached
-from skiporacle.oracle.summary import summarize
+from skiporacle.oracle.summary import resummarize, summarize
 from skiporacle.oracle.workers import run_calls
 from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.spaces import (
@@ -217,6 +217,8 @@ def run_oracle(
     lengths = [len(r) for r in encode_prompts(tokenizer, inputs.prompts)]
     batches = plan_batches(lengths, model.config.get_text_config().num_attention_heads, settings.batch_size)
     todo = [b for b in batches if any(inputs.ids[i] not in done for i in b)]
+    if not todo and (out / SUMMARY).exists():  # a finished run resumed: nothing to score, keep its timings
+        return {**resummarize(out), "resumed_sequences": len(done)}
     resumed = len(done)
     bar = tqdm(total=len(inputs.ids), initial=resumed, unit="seq", desc="oracle", disable=not progress)
     in_process = workers <= 1 and scheduler is None

@@ -131,6 +131,10 @@ def test_oracle_resume_finished_run(capsys, cli_run, data_args):
     assert code == 0
     assert f"({LIMIT} resumed)" in stdout
     assert _snapshot(out) == before
+    summary = json.loads((out / "summary.json").read_text())
+    wall = summary["wall_seconds"]
+    run_cli(capsys, *oracle_args(data_args, out, "--resume"))
+    assert json.loads((out / "summary.json").read_text())["wall_seconds"] == wall  # a no-op resume keeps the timing
 
 
 def _dump_columns():
