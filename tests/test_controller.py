@@ -167,9 +167,12 @@ def _oracle(data_args, out, offset=0, budgets="2,4,5"):
 
 @pytest.fixture(scope="module")
 def two_runs(controller_data, tmp_path_factory):
+    """Two oracle runs on disjoint rows; run `a` also holds a cross-validated controller."""
     base = tmp_path_factory.mktemp("controller_runs")
     _oracle(controller_data, base / "a", offset=0)
     _oracle(controller_data, base / "b", offset=ROWS)
+    with one_thread(), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["controller", "--run", str(base / "a"), "--resamples", "10"]) == 0
     return base / "a", base / "b"
 
 
