@@ -307,6 +307,12 @@ def check_prompt_options(instruction: str | None, template: str | None) -> None:
         raise _bad(f"--template {template!r} has no {{input}} to put the input text in")
 
 
+def scored_references(name: str) -> int:
+    """How many references score a sequence of registered task `name` (0: all, also for files and unknown names)."""
+    task = _TASKS.get(name)
+    return task.scored_references if task else 0
+
+
 def max_new_tokens_defaults() -> dict[str, int]:
     """The default --max-new-tokens of each registered task, of wmt22 pairs and of --data files."""
     return {**{name: task.max_new_tokens for name, task in _TASKS.items()},

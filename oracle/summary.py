@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.tasks import scored_references
 from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
 from skiporacle.eval.model import package_versions
 from skiporacle.oracle.guard import guarded, missing_sequences, read_plausibility
@@ -100,7 +101,7 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
         ],
         **_training_free(specs, scores, costs, full_scores, tolerance, tokens, boot, knap, knap_percents, rule),
         "full_mean_score_ci95": mean_ci(full_scores, boot),
-        "full_metrics": full_metrics(records, settings["metric"]),
+        "full_metrics": full_metrics(records, settings["metric"], scored_references(settings["task"])),
         "bootstrap": {"resamples": RESAMPLES, "seed": settings["seed"], "interval": "95 % percentile",
                       "resampled": "sequences, by position in id order; the same resamples for every figure"},
     }
@@ -133,14 +134,16 @@ def resummarize(out: Path) -> dict:
     return summarize(out, settings, old.get("wall_seconds"), kept)
 
 
-def full_metrics(records: list[dict], metric: str) -> dict:
-    """The full model's outputs under the other metrics of the task's family, against all references.
+def full_metrics(records: list[dict], metric: str, references_scored: int = 0) -> dict:
+    """The full model's outputs under the other metrics of the task's family, against the references a
+    sequence is scored with (the first `references_scored`, or all with 0; CNN/DM: the highlights).
 
     ROUGE tasks: rouge1/2/L/Lsum; BLEU/chrF tasks: bleu and chrf; exact match: itself.  `corpus` is
     sacrebleu's corpus score for BLEU/chrF and the per-sequence mean otherwise; `sequence_mean` is
     the mean of per-sequence scores (sentence BLEU/chrF).  All 0-100.
     """
-    outputs, refs = [r["full"]["output"] for r in records], [r["references"] for r in records]
+    outputs = [r["full"]["output"] for r in records]
+    refs = [r["references"][:references_scored] if references_scored else r["references"] for r in records]
     if metric == "exact_match":
         value = float(np.mean(sequence_scores(metric, outputs, refs)))
         return {"corpus": {metric: value}, "sequence_mean": {metric: value}}

@@ -546,3 +546,14 @@ def test_resummarize_keeps_the_timing_fields(tmp_path):
         resummarize(write_run(tmp_path / "empty", []))
     with pytest.raises(BadInput, match="not a skiporacle run folder"):
         resummarize(tmp_path / "nothing")
+
+
+def test_full_metrics_use_the_references_a_sequence_is_scored_with():
+    """CNN/DM scores against the highlights alone, so its full-model metrics must too (not the best of 11)."""
+    from skiporacle.data.tasks import scored_references
+    from skiporacle.oracle.summary import full_metrics
+
+    record = {"full": {"output": "the cat sat on the mat"}, "references": ["a dog ran", "the cat sat on the mat"]}
+    assert scored_references("cnndm") == 1 and scored_references("xsum") == 0 and scored_references("file") == 0
+    assert full_metrics([record], "rougeL")["corpus"]["rougeL"] == pytest.approx(100.0)
+    assert full_metrics([record], "rougeL", scored_references("cnndm"))["corpus"]["rougeL"] == pytest.approx(0.0)
