@@ -74,7 +74,63 @@ class KnapsackCurve:
 
 
 def knapsack(scores: np.ndarray, costs: Sequence[int]) -> KnapsackCurve:
-    """Exact multiple-choice knapsack by dynamic programming over integer total cost.
+    """Exact multiple-choice knapsack: the best total score for every total cost budget.
+
+    Bit for bit the same `best_total` as the plain dynamic programme (`_knapsack_reference`), much faster:
+
+    - Per sequence only its upper-left frontier is kept: for each distinct cost the best candidate, and of
+      those only the ones scoring strictly more than every cheaper one.  A dropped candidate is never
+      needed, since swapping it for the one that dominates it costs no more and scores no less.
+    - The programme runs over "total cost <= c" (a non-decreasing array) instead of "total cost == c", and
+      only over the window [sum of cheapest frontier costs, sum of dearest frontier costs] of the rows
+      done so far: below it every total is -inf, above it the array is constant.
+    - Scores are added sequence by sequence in row order, starting from 0.0, as the plain programme adds
+      them.  Rounding to nearest is monotone (a <= b gives a + s <= b + s), so the maximum over
+      allocations of these row-order sums is the same float either way.
+
+    Work: N * (summed frontier span) * (frontier size), memory O(N * max cost).  Rows with a NaN score
+    (or +inf, or a negative cost) take the plain programme, which decides how those propagate.
+    """
+    scores = np.asarray(scores, dtype=float)
+    n, k = scores.shape
+    costs = [int(c) for c in costs]
+    if n == 0 or k == 0 or np.isnan(scores).any() or np.isposinf(scores).any() or min(costs) < 0:
+        return _knapsack_reference(scores, costs)
+    capacity = n * max(costs)
+    cost_arr = np.asarray(costs)
+    levels = np.unique(cost_arr)  # ascending distinct costs
+    best = np.full((n, len(levels)), -np.inf)  # best score per sequence and distinct cost
+    for d, c in enumerate(levels):
+        best[:, d] = scores[:, cost_arr == c].max(axis=1)
+    cheaper = np.concatenate((np.full((n, 1), -np.inf), np.maximum.accumulate(best, axis=1)[:, :-1]), axis=1)
+    keep = best > cheaper  # the frontier: strictly better than everything cheaper (never -inf)
+    if not keep.any(axis=1).all():  # a sequence with no allowed candidate: nothing is feasible
+        return KnapsackCurve(np.full(capacity + 1, -np.inf), n)
+
+    dp, new, tmp = np.empty(capacity + 1), np.empty(capacity + 1), np.empty(capacity + 1)
+    dp[0], lo, hi = 0.0, 0, 0  # dp[lo..hi] is the best total with cost <= c; -inf below lo, dp[hi] above hi
+    for i in range(n):
+        cols = np.flatnonzero(keep[i])
+        cs, ss = levels[cols].tolist(), best[i, cols].tolist()
+        width = hi - lo + 1
+        src, top = dp[lo : hi + 1], dp[hi]
+        new_lo, new_hi = lo + cs[0], hi + cs[-1]
+        np.add(src, ss[0], out=new[new_lo : new_lo + width])
+        new[new_lo + width : new_hi + 1] = top + ss[0]
+        for c, s in zip(cs[1:], ss[1:]):
+            a = lo + c
+            np.maximum(new[a : a + width], np.add(src, s, out=tmp[:width]), out=new[a : a + width])
+            if a + width <= new_hi:  # past hi + c the option adds s to the constant top
+                np.maximum(new[a + width : new_hi + 1], top + s, out=new[a + width : new_hi + 1])
+        dp, new = new, dp
+        lo, hi = new_lo, new_hi
+    dp[:lo] = -np.inf
+    dp[hi + 1 :] = dp[hi]
+    return KnapsackCurve(dp, n)
+
+
+def _knapsack_reference(scores: np.ndarray, costs: Sequence[int]) -> KnapsackCurve:
+    """The plain dynamic programme over integer total cost, kept as the reference for `knapsack`.
 
     O(N * K * N * max(cost)) work, vectorised over capacity.
     """
