@@ -82,6 +82,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/decode_speed.py
 	$(BIN)/python bench/oracle_speed.py --n $(N)
+	$(BIN)/python bench/knapsack_speed.py --quick
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
