@@ -1,6 +1,6 @@
 """The plausibility guard: rule out candidate outputs the full model finds implausible.
 
-RUN/plausibility.json (written by another tool) holds the full model's
+RUN/plausibility.json (written by `skiporacle plausibility`) holds the full model's
 teacher-forced mean NLL, in nats per token, of every output of a run:
 `{"margin": 2.0, "sequences": {"<id>": {"full": <NLL of the full output>,
 "candidates": {"<spec>": <NLL>, ...}}}}`.  A candidate is plausible iff its
@@ -13,7 +13,6 @@ look at the references to decide which those are.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from skiporacle.data.errors import BadInput
 from skiporacle.oracle.plausibility import PLAUSIBILITY
+from skiporacle.oracle.records import read_json_object
 from skiporacle.oracle.select import cheapest_matching
 from skiporacle.oracle.stats import knapsack_stats, mean_ci, paired, rule_stats
 
@@ -67,13 +67,10 @@ def missing_sequences(records: list[dict], plausibility: dict) -> list[str]:
 def read_plausibility(out: Path) -> dict | None:
     """The run's plausibility.json, or None without one (BadInput if it is not a JSON object with a margin)."""
     path = out / PLAUSIBILITY
-    if not path.exists():
+    data = read_json_object(path)
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{str(path)!r} is not readable JSON ({err})") from None
-    if not isinstance(data, dict) or "margin" not in data:
+    if "margin" not in data:
         raise BadInput(f"{str(path)!r}: expected an object with \"margin\" and \"sequences\"")
     return data
 

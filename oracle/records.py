@@ -36,6 +36,20 @@ def write_json_atomic(path: Path, value: object) -> None:
     os.replace(tmp, path)
 
 
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object stored in the run folder, or None when the file does not exist (BadInput if it is
+    not readable JSON or not an object)."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{str(path)!r} is not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"{str(path)!r} is not a JSON object")
+    return data
+
+
 def check_writable(out: Path) -> None:
     """Create `out` if needed and make sure files can be written there (BadInput otherwise)."""
     try:

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from skiporacle.data.errors import BadInput
-from skiporacle.oracle.records import load_run
+from skiporacle.oracle.records import load_run, read_json_object
 from skiporacle.oracle.report_figures import controller_block, fmt, headline
 
 REPORT = "report.html"
@@ -67,18 +67,6 @@ def script_json(value) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{str(path)!r} is not readable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise BadInput(f"{str(path)!r} is not a JSON object")
-    return data
-
-
 def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
@@ -120,7 +108,7 @@ def render(out: Path) -> str:
     if not records:
         raise BadInput(f"{str(out)!r} holds no finished sequence yet")
     plausibility = read_plausibility(out)
-    controller = _read_json(out / CONTROLLER)
+    controller = read_json_object(out / CONTROLLER)
     notes = [] if summary else ["summary.json is missing (an unfinished run): no headline figures. "
                                 "Finish or resume the run to get them."]
     if summary and summary.get("guarded_skipped"):

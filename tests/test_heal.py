@@ -108,29 +108,34 @@ def test_lora_student_trains_adapters_and_saves_a_plain_model(tiny, tiny_llm_dir
     assert num_layers(reloaded) == 4 and not any("lora" in n for n, _ in reloaded.named_parameters())
 
 
-def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny, tiny_llm_dir, tmp_path, monkeypatch):
-    model, tokenizer = tiny
-    settings = _settings(tiny_llm_dir)
-    whole = heal(settings, model, tokenizer, tmp_path / "whole", progress=False)
-
+def interrupt_during_step_4(monkeypatch, settings, model, tokenizer, out) -> None:
+    """Run `heal` into `out` and kill it during step 4 (after the checkpoint of step 2); the real step is restored."""
     calls = {"n": 0}
     real_step = distil.train_step
 
     def interrupted(*args):
         calls["n"] += 1
-        if calls["n"] == 4:  # dies during step 4, after the checkpoint of step 2
+        if calls["n"] == 4:
             raise KeyboardInterrupt
         return real_step(*args)
 
     monkeypatch.setattr(distil, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        heal(settings, model, tokenizer, tmp_path / "cut", progress=False)
+        heal(settings, model, tokenizer, out, progress=False)
+    monkeypatch.setattr(distil, "train_step", real_step)
+
+
+def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny, tiny_llm_dir, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    settings = _settings(tiny_llm_dir)
+    whole = heal(settings, model, tokenizer, tmp_path / "whole", progress=False)
+
+    interrupt_during_step_4(monkeypatch, settings, model, tokenizer, tmp_path / "cut")
     assert not (tmp_path / "cut").exists() and (tmp_path / "cut.partial" / "checkpoint.pt").exists()
     with pytest.raises(BadInput, match="pass --resume"):
         heal(settings, model, tokenizer, tmp_path / "cut", progress=False)
     with pytest.raises(BadInput, match="different settings"):
         heal(_settings(tiny_llm_dir, learning_rate=1e-3), model, tokenizer, tmp_path / "cut", resume=True, progress=False)
-    monkeypatch.setattr(distil, "train_step", real_step)
     resumed = heal(settings, model, tokenizer, tmp_path / "cut", resume=True, progress=False)
     assert resumed["losses"] == whole["losses"]
     assert resumed["kl"] == whole["kl"]

@@ -19,6 +19,7 @@ from skiporacle.heal.student import build_student
 from skiporacle.heal.texts import heal_examples, heal_texts
 from skiporacle.oracle.cli import main
 from skiporacle.search.spaces import healed_space
+from test_heal import interrupt_during_step_4
 
 from conftest import NUM_LAYERS, ORACLE_TEXTS
 from test_heal import LAYERS, _fake_variant, _settings
@@ -65,19 +66,7 @@ def test_resume_with_dropout_is_bit_identical_to_the_uninterrupted_run(gpt2, gpt
     model, tokenizer = gpt2
     settings = _settings(gpt2_dir)
     whole = heal(settings, model, tokenizer, tmp_path / "whole", progress=False)
-    calls = {"n": 0}
-    real_step = distil.train_step
-
-    def interrupted(*args):
-        calls["n"] += 1
-        if calls["n"] == 4:  # dies during step 4, after the checkpoint of step 2
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(distil, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        heal(settings, model, tokenizer, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(distil, "train_step", real_step)
+    interrupt_during_step_4(monkeypatch, settings, model, tokenizer, tmp_path / "cut")
     torch.manual_seed(12345)  # the generator state of the process that resumes is not the one of the run
     resumed = heal(settings, model, tokenizer, tmp_path / "cut", resume=True, progress=False)
     assert resumed["losses"] == whole["losses"] and resumed["kl"] == whole["kl"]
