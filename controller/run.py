@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from skiporacle.controller.decide import threshold_choices
-from skiporacle.controller.evaluate import (EvalSettings, choose_tau, cross_validated, evaluate, fair_point, fold_of,
-                                            nested_choices, oracle_reach, percent, reach, threshold_curve)
+from skiporacle.controller.evaluate import (EvalSettings, cross_validated, evaluate, fold_of, oracle_reach, percent, reach,
+                                            threshold_curve)
+from skiporacle.controller.fixed import choose_tau, fair_point, nested_choices
 from skiporacle.controller.labels import Labels, load_labels
 from skiporacle.controller.model import fit, load_arrays, save_arrays
 from skiporacle.data.errors import BadInput

@@ -18,7 +18,8 @@ import pytest
 from conftest import NUM_LAYERS, ORACLE_TEXTS, one_thread
 from skiporacle.controller.decide import knapsack_choices, threshold_choices
 from skiporacle.controller.evaluate import (EvalSettings, budget_curve, cross_validated, evaluate, fold_of,
-                                            nested_choices, oracle_reach, reach, threshold_curve)
+                                            oracle_reach, reach, threshold_curve)
+from skiporacle.controller.fixed import nested_choices
 from skiporacle.controller.model import fit
 from skiporacle.oracle.cli import main
 from skiporacle.oracle.select import cheapest_matching, knapsack
