@@ -96,8 +96,9 @@ def deploy(args: argparse.Namespace, settings, inputs) -> int:
                             max_batch=settings.batch_size)
     full_seconds = time.perf_counter() - start
     texts = [g.text for g in deployed.generations]
-    scores = sequence_scores(settings.metric, texts, [inputs.task.scoring_references(r) for r in inputs.references])
-    full_scores = sequence_scores(settings.metric, [g.text for g in baseline], [inputs.task.scoring_references(r) for r in inputs.references])
+    scored = inputs.scored_references()
+    scores = sequence_scores(settings.metric, texts, scored)
+    full_scores = sequence_scores(settings.metric, [g.text for g in baseline], scored)
     for example_id, choice, text, score in zip(inputs.ids, deployed.choices, texts, scores):
         print(f"[{example_id}] {allocations[choice].spec} ({allocations[choice].cost} layers) "
               f"{settings.metric}={score:.2f}\n  {text}")

@@ -24,12 +24,11 @@ from skiporacle.controller.fixed import choose_tau, fair_point, nested_choices
 from skiporacle.controller.labels import Labels, load_labels
 from skiporacle.controller.model import fit, load_arrays, save_arrays
 from skiporacle.data.errors import BadInput
-from skiporacle.eval.features import FEATURE_VERSION
+from skiporacle.eval.features import FEATURE_VERSION, scalar_columns
 from skiporacle.oracle.records import write_json_atomic
 
 FEATURES = "features.npz"
 LEARNING_SHARES = (0.25, 0.5, 0.75, 1.0)  # shares of each fold's training rows in the learning curve
-SCALAR_COLUMNS = lambda num_layers: 2 + 2 * num_layers  # noqa: E731  length, entropy, the two update blocks
 
 
 def run_features(labels: Labels, load_model) -> np.ndarray:
@@ -75,7 +74,7 @@ def _guarded_scores(labels: Labels, guarded: bool) -> np.ndarray:
 
 def _block(train: Labels, test: Labels, x_train, x_test, settings: EvalSettings, guarded: bool) -> dict:
     """Figures of one label variant (with or without the plausibility guard) on the test rows."""
-    scalars = SCALAR_COLUMNS(train.num_layers)
+    scalars = scalar_columns(train.num_layers)
     match, delta = _targets(train, settings, guarded)
     if train is test:
         folds = fold_of(len(test.ids), settings.folds, settings.seed)
@@ -111,7 +110,7 @@ def learning_curve(x, match, delta, labels: Labels, settings: EvalSettings, fold
             keep = np.random.default_rng(settings.seed).permutation(len(xs))[: max(4, int(round(share * len(xs))))]
             return fit(xs[np.sort(keep)], ms[np.sort(keep)], ds[np.sort(keep)], scalars)
 
-        prob, _ = cross_validated(x, match, delta, SCALAR_COLUMNS(labels.num_layers), folds, fit_fn=subsample)
+        prob, _ = cross_validated(x, match, delta, scalar_columns(labels.num_layers), folds, fit_fn=subsample)
         rows = int(round(share * (len(x) - len(x) / settings.folds)))
         points.append({"train_rows": rows, "layers_at_full_quality_percent":
                        percent(reach(threshold_curve(prob, labels.costs, labels.scores), labels.full), labels.num_layers)})
@@ -131,7 +130,7 @@ def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalS
     blocks = {g: _block(train, test, x_train, x_test, settings, g) for g in variants}
     main = blocks[variants[-1]]
     started = time.perf_counter()
-    final = fit(x_train, *_targets(train, settings, variants[-1]), SCALAR_COLUMNS(train.num_layers))
+    final = fit(x_train, *_targets(train, settings, variants[-1]), scalar_columns(train.num_layers))
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     prob, _ = final.predict(x_test)
@@ -165,7 +164,7 @@ def _deploy_tau(x_train, train: Labels, settings: EvalSettings, guarded: bool) -
     match, delta = _targets(train, settings, guarded)
     if len(train.ids) < 2 * settings.folds:
         return 1.0
-    prob, _ = cross_validated(x_train, match, delta, SCALAR_COLUMNS(train.num_layers),
+    prob, _ = cross_validated(x_train, match, delta, scalar_columns(train.num_layers),
                               fold_of(len(train.ids), settings.folds, settings.seed))
     return choose_tau(prob, train.costs, train.scores)
 

@@ -42,6 +42,11 @@ def feature_names(num_layers: int, hidden: int) -> list[str]:
             + [f"mean_h{mid}_{i}" for i in range(hidden)])
 
 
+def scalar_columns(num_layers: int) -> int:
+    """How many leading feature columns are scalars (length, entropy, the two update blocks); the rest are hidden states."""
+    return 2 + 2 * num_layers
+
+
 def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 

@@ -72,7 +72,8 @@ def generate(args: argparse.Namespace) -> int:
                            first_token=settings.first_token)
     seconds = time.perf_counter() - start
     texts = [g.text for g in outputs]
-    scores = sequence_scores(settings.metric, texts, [inputs.task.scoring_references(r) for r in inputs.references])
+    scored = inputs.scored_references()
+    scores = sequence_scores(settings.metric, texts, scored)
     for example_id, text, score, g in zip(inputs.ids, texts, scores, outputs):
         print(f"[{example_id}] {settings.metric}={score:.2f} ({len(g.tokens)} tokens)\n  {text}")
     tokens = sum(len(g.tokens) for g in outputs)
@@ -82,7 +83,7 @@ def generate(args: argparse.Namespace) -> int:
     print(f"mean {settings.metric} = {sum(scores) / len(scores):.2f} over {len(scores)} sequences; "
           f"{tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tokens/s)")
     if settings.metric.startswith("rouge") or settings.metric in ("bleu", "chrf"):
-        corpus = all_corpus_scores(texts, [inputs.task.scoring_references(r) for r in inputs.references])
+        corpus = all_corpus_scores(texts, scored)
         print("corpus: " + ", ".join(f"{k} {v:.2f}" for k, v in corpus.items()))
     return 0
 
@@ -130,7 +131,7 @@ def controller(args: argparse.Namespace) -> int:
 def rank(args: argparse.Namespace) -> int:
     """Rank the layers by importance on fixed rows; write the ranking for `oracle --importance`."""
     from skiporacle.oracle.records import check_writable
-    from skiporacle.oracle.run import cached_drop_order
+    from skiporacle.oracle.ranking import cached_drop_order
 
     settings = _settings(args)
     inputs = load_inputs(_replace(settings, calibration=0))
@@ -213,7 +214,7 @@ def heal(args: argparse.Namespace) -> int:
     from skiporacle.eval.model import EMBEDDED_MODELS, num_layers
     from skiporacle.heal.distil import HealSettings, heal as run_heal, refuse_existing
     from skiporacle.heal.texts import example_id, heal_examples, split_holdout
-    from skiporacle.oracle.run import cached_drop_order
+    from skiporacle.oracle.ranking import cached_drop_order
     from skiporacle.search.allocation import parse_spec
     from skiporacle.search.spaces import importance_space
 
@@ -272,21 +273,17 @@ def heal(args: argparse.Namespace) -> int:
 def plausibility(args: argparse.Namespace) -> int:
     """The full model's NLL of every output of a run (RUN/plausibility.json), then the summary again."""
     from skiporacle.oracle.plausibility import write_plausibility
+    from skiporacle.oracle.summary import resummarize
 
     out = Path(args.run)
-    stored = write_plausibility(out, args.margin, load_model_cached)
-    table = stored["sequences"].values()
-    implausible = sum(v is None or row["full"] is not None and v > row["full"] + args.margin
-                      for row in table for v in row["candidates"].values())
-    total = sum(len(row["candidates"]) for row in table)
-    print(f"skiporacle: {implausible} of {total} candidate outputs are implausible (NLL > full + {args.margin:g} "
-          f"nats/token); wrote {out / 'plausibility.json'}")
-    try:
-        from skiporacle.oracle.summary import resummarize
-    except ImportError:
+    write_plausibility(out, args.margin, load_model_cached)
+    guard = resummarize(out).get("guarded")  # the guard's own rule decides what counts as plausible
+    if guard is None:
+        print(f"skiporacle: wrote {out / 'plausibility.json'}; summary.json has no guarded block (see guarded_skipped)")
         return 0
-    resummarize(out)
-    print(f"skiporacle: summary.json updated with the guarded oracle")
+    print(f"skiporacle: {guard['plausible_percent']:.1f} % of candidate outputs are plausible (NLL <= full + "
+          f"{args.margin:g} nats/token, or identical to the full output); the guard removes "
+          f"{guard['rule_choices_removed']} rule choices; wrote {out / 'plausibility.json'} and updated summary.json")
     return 0
 
 

@@ -22,9 +22,9 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import content_hash
 from skiporacle.eval.candidates import Candidate, score_candidates
 from skiporacle.eval.generate import encode_prompts, plan_batches
-from skiporacle.eval.importance import measure_importance
 from skiporacle.oracle.select import cheapest_identical, cheapest_matching
 from skiporacle.oracle.records import IMPORTANCE, SETTINGS, SUMMARY, append_records, check_writable, open_run, pin_candidates, write_json_atomic
+from skiporacle.oracle.ranking import cached_drop_order, read_ranking
 from skiporacle.oracle.setup import RunInputs, load_inputs, load_model_cached
 from skiporacle.oracle.summary import resummarize, summarize
 from skiporacle.oracle.workers import run_calls
@@ -116,43 +116,6 @@ def _drop_order(settings: OracleSettings, inputs: RunInputs, out: Path, progress
                              inputs.calibration_prompts, settings.max_new_tokens, progress)
 
 
-def read_ranking(path: Path, model_name: str, num_layers: int) -> dict:
-    """A stored importance.json, checked to rank every layer of `model_name` (BadInput otherwise)."""
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        order = stored["drop_order"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise BadInput(f"--importance {str(path)!r}: not a readable importance.json ({err})") from None
-    if sorted(order) != list(range(num_layers)):
-        raise BadInput(f"--importance {str(path)!r}: its drop order does not rank the model's {num_layers} layers")
-    if stored.get("model", model_name) != model_name:
-        raise BadInput(f"--importance {str(path)!r} ranks the layers of {stored['model']!r}, not of {model_name!r}")
-    return stored
-
-
-def cached_drop_order(path: Path, model_name: str, dtype: str, ids: list[str], prompts: list[str],
-                      max_new_tokens: int, progress: bool) -> tuple[int, ...]:
-    """The importance drop order measured on `prompts`, read from `path` if it was measured there on the same ids."""
-    if path.exists():
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored["calibration_ids"] == ids and stored.get("model", model_name) == model_name:
-            return tuple(stored["drop_order"])
-    model, tokenizer = load_model_cached(model_name, dtype)
-    ranking = measure_importance(model, tokenizer, prompts, max_new_tokens, progress)
-    write_json_atomic(
-        path,
-        {
-            "model": model_name,
-            "calibration_ids": ids,
-            "full_perplexity": ranking.full_perplexity,
-            "perplexity_without": list(ranking.perplexity_without),
-            "tokens": ranking.tokens,
-            "drop_order": list(ranking.drop_order),
-        },
-    )
-    return ranking.drop_order
-
-
 def score_batch(settings: OracleSettings, prompts: list[str], references: list[list[str]], allocations: list[Allocation], threads: int, progress: bool) -> list[list[Candidate]]:
     """Score one prefill batch with `threads` torch threads (runs in the main process or a worker)."""
     torch.set_num_threads(threads)
@@ -225,7 +188,7 @@ def run_oracle(
     saved_threads = torch.get_num_threads()
     if threads is None:  # all of this process's threads, or the cores shared among the workers
         threads = saved_threads if in_process else max(1, (os.cpu_count() or 1) // max(workers, 1))
-    scored = [inputs.task.scoring_references(r) for r in inputs.references]
+    scored = inputs.scored_references()
     calls = [(settings, [inputs.prompts[i] for i in batch], [scored[i] for i in batch], allocations,
               threads, progress and in_process) for batch in todo]
     try:

@@ -39,6 +39,10 @@ class RunInputs:
     truncated: int  # prompts whose source was shortened to fit the context
     sources: tuple[str, ...] = ()  # the evaluated examples' source texts, uncut (for content-overlap checks)
 
+    def scored_references(self) -> list[list[str]]:
+        """Per sequence, the references its score is computed against (the task's rule, e.g. CNN/DM's highlights)."""
+        return [self.task.scoring_references(r) for r in self.references]
+
 
 def load_examples(settings, limit: int, offset: int) -> tuple[Task, list[Example]]:
     """The task's examples[offset:offset+limit], from the registry or a user's file.

@@ -248,3 +248,18 @@ def test_controller_bad_input(capsys, two_runs, controller_data, tmp_path):
     (foreign / "settings.json").write_text(json.dumps({**json.loads(stored.read_text()), "num_layers": 30}))
     assert_bad(capsys, "generate", *controller_data, "--limit", 2, "--offset", 2 * ROWS - 2, "--controller", foreign,
                match="model of 30 layers")
+
+
+def test_plausibility_command_adds_the_guarded_oracle(capsys, two_runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(two_runs[1], run)
+    with one_thread():
+        code, out, err = run_cli(capsys, "plausibility", "--run", run, "--margin", 1.0)
+    assert code == 0, err
+    table = json.loads((run / "plausibility.json").read_text())
+    assert table["margin"] == 1.0 and len(table["sequences"]) == ROWS
+    guard = json.loads((run / "summary.json").read_text())["guarded"]
+    assert f"{guard['plausible_percent']:.1f} % of candidate outputs are plausible" in out
+    assert_bad(capsys, "plausibility", "--run", run, "--margin", -1, match="--margin must be")
