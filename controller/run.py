@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from skiporacle.controller.decide import threshold_choices
-from skiporacle.controller.evaluate import (EvalSettings, cross_validated, evaluate, fold_of, oracle_reach, percent, reach,
+from skiporacle.controller.evaluate import (EvalSettings, cross_validated, evaluate, fold_of, percent, reach,
                                             threshold_curve)
 from skiporacle.controller.fixed import choose_tau, fair_point, nested_choices
 from skiporacle.controller.labels import Labels, load_labels
 from skiporacle.controller.model import fit, load_arrays, save_arrays
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.features import FEATURE_VERSION, scalar_columns
-from skiporacle.oracle.records import write_json_atomic
+from skiporacle.oracle.records import SUMMARY, read_json_object, write_json_atomic
 
 FEATURES = "features.npz"
 LEARNING_SHARES = (0.25, 0.5, 0.75, 1.0)  # shares of each fold's training rows in the learning curve
@@ -65,15 +65,9 @@ def _targets(labels: Labels, settings: EvalSettings, guarded: bool) -> tuple[np.
     return labels.matches(settings.tolerance, guarded), labels.scores - labels.full[:, None]
 
 
-def _guarded_scores(labels: Labels, guarded: bool) -> np.ndarray:
-    """True scores, with implausible candidates scored -inf for the oracle when guarded."""
-    if not guarded or labels.plausible is None:
-        return labels.scores
-    return np.where(labels.plausible, labels.scores, -np.inf)
-
-
-def _block(train: Labels, test: Labels, x_train, x_test, settings: EvalSettings, guarded: bool) -> dict:
-    """Figures of one label variant (with or without the plausibility guard) on the test rows."""
+def _block(train: Labels, test: Labels, x_train, x_test, settings: EvalSettings, guarded: bool, tau: float) -> dict:
+    """Figures of one label variant (with or without the plausibility guard) on the test rows; `tau` is the
+    threshold chosen on the training run (used when it is not the test run)."""
     scalars = scalar_columns(train.num_layers)
     match, delta = _targets(train, settings, guarded)
     if train is test:
@@ -84,15 +78,11 @@ def _block(train: Labels, test: Labels, x_train, x_test, settings: EvalSettings,
         folds = None
         prob, pred = fit(x_train, match, delta, scalars).predict(x_test)
         length_prob, _ = fit(x_train[:, :1], match, delta, 1).predict(x_test[:, :1])
-    oracle_scores = _guarded_scores(test, guarded)
     block = evaluate(prob, pred, length_prob, test.scores, test.costs, settings)  # judged on true scores
-    if guarded and test.plausible is not None:
-        block["oracle_layers_at_full_quality_percent_guarded"] = percent(oracle_reach(oracle_scores, test.costs),
-                                                                         test.num_layers)
     if train is test:
         choices = nested_choices(x_train, match, delta, scalars, folds, test.costs, test.scores, settings.seed)
     else:
-        choices = threshold_choices(prob, test.costs, _deploy_tau(x_train, train, settings, guarded))
+        choices = threshold_choices(prob, test.costs, tau)
     block["fixed_threshold"] = {"tau_chosen_on": "the training rows only" + (" (nested in each fold)" if train is test else ""),
                                 **fair_point(choices, test.costs, test.scores, settings)}
     if train is test:
@@ -127,7 +117,8 @@ def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalS
     x_train = run_features(train, load_model)
     x_test = x_train if train is test else run_features(test, load_model)
     variants = [False] + ([True] if train.plausible is not None and test.plausible is not None else [])
-    blocks = {g: _block(train, test, x_train, x_test, settings, g) for g in variants}
+    taus = {g: _deploy_tau(x_train, train, settings, g) for g in variants}
+    blocks = {g: _block(train, test, x_train, x_test, settings, g, taus[g]) for g in variants}
     main = blocks[variants[-1]]
     started = time.perf_counter()
     final = fit(x_train, *_targets(train, settings, variants[-1]), scalar_columns(train.num_layers))
@@ -136,11 +127,13 @@ def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalS
     prob, _ = final.predict(x_test)
     threshold_choices(prob, test.costs, 0.5)
     decide_us = 1e6 * (time.perf_counter() - started) / len(x_test)
-    tau = _deploy_tau(x_train, train, settings, variants[-1])
+    tau = taus[variants[-1]]
     out.mkdir(parents=True, exist_ok=True)
     save_controller(out / "model", final, train, settings, variants[-1], tau)
-    summary_path = Path(test.run) / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
+    summary = read_json_object(Path(test.run) / SUMMARY) or {}
+    if variants[-1]:  # the guarded oracle of the same run, as summary.json computed it
+        main = {**main, "oracle_layers_at_full_quality_percent_guarded":
+                (summary.get("guarded") or {}).get("knapsack", {}).get("percent_layers_at_full_quality")}
     result = {
         "run": test.run, "train_run": train.run, "mode": "cross-validation" if train is test else "cross-run",
         "folds": settings.folds if train is test else None, "model": test.settings["model"],
