@@ -22,7 +22,7 @@ from skiporacle.controller.decide import threshold_choices
 from skiporacle.controller.model import Fitted
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.features import prefill_features
-from skiporacle.eval.generate import _text, Generation, encode_prompts, eos_ids, greedy_decode, left_pad, plan_batches
+from skiporacle.eval.generate import Generation, encode_prompts, eos_ids, greedy_decode, left_pad, output_text, plan_batches
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
@@ -71,7 +71,7 @@ def generate_with_controller(
             generated = greedy_decode(allocation_view(model, allocation), cache, ids[picked, -1], mask[picked],
                                       max_new_tokens, eos)
             for b, tokens in zip(picked.tolist(), generated):
-                outputs[batch[b]] = Generation(tuple(tokens), _text(tokenizer, tokens, eos))
+                outputs[batch[b]] = Generation(tuple(tokens), output_text(tokenizer, tokens, eos))
                 choices[batch[b]] = a
     return Deployed(outputs, choices, time.perf_counter() - start, decide, len(batches))  # type: ignore[arg-type]
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from transformers import PreTrainedModel
 
-from skiporacle.eval.generate import generate_candidates
+from skiporacle.eval.generate import Generation, eos_ids, generate_batch, generate_candidates, output_text
 from skiporacle.eval.metrics import sequence_scores
 from skiporacle.search.allocation import Allocation
 
@@ -20,6 +20,26 @@ class Candidate:
     output: str
     tokens: tuple[int, ...]  # generated ids, EOS included when reached
     score: float
+
+
+def score_batch(
+    model: PreTrainedModel,
+    tokenizer,
+    rows: Sequence[Sequence[int]],
+    references: Sequence[Sequence[str]],
+    allocations: Sequence[Allocation],
+    metric: str,
+    max_new_tokens: int,
+    prompt_under_allocation: bool = False,
+    first_token: str = "allocation",
+    bar=None,
+) -> list[list[Candidate]]:
+    """Candidates [sequence][allocation] of one planned batch of prompt token rows (see `generate_batch`)."""
+    eos = eos_ids(model, tokenizer)
+    generated = generate_batch(model, rows, allocations, max_new_tokens, eos, tokenizer.pad_token_id,
+                               prompt_under_allocation, first_token, bar)
+    gens = [[Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in row] for row in generated]
+    return _scored(gens, references, allocations, metric)
 
 
 def score_candidates(
@@ -43,6 +63,11 @@ def score_candidates(
         model, tokenizer, prompts, allocations, max_new_tokens, prompt_under_allocation, progress, max_batch,
         first_token,
     )
+    return _scored(generations, references, allocations, metric)
+
+
+def _scored(generations: Sequence[Sequence[Generation]], references: Sequence[Sequence[str]],
+            allocations: Sequence[Allocation], metric: str) -> list[list[Candidate]]:
     table: list[list[Candidate]] = []
     for gens, refs in zip(generations, references):
         scores = sequence_scores(metric, [g.text for g in gens], [refs] * len(gens))

@@ -102,6 +102,51 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 @torch.inference_mode()
+def generate_batch(
+    model: PreTrainedModel,
+    rows: Sequence[Sequence[int]],
+    allocations: Sequence[Allocation],
+    max_new_tokens: int,
+    eos: frozenset[int],
+    pad_id: int,
+    prompt_under_allocation: bool = False,
+    first_token: str = "allocation",
+    bar=None,
+) -> list[list[tuple[int, ...]]]:
+    """Generated token ids [sequence][allocation] of one planned batch of prompt token rows.
+
+    The batch is run as given (one left-padded prefill), never re-planned: the
+    caller plans once (`plan_batches`) and every result depends only on its
+    batch.  `bar`, if given, advances by the batch size per allocation.
+    """
+    if first_token not in FIRST_TOKEN:
+        raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
+    ids, mask = left_pad(rows, pad_id)
+    out: list[list[tuple[int, ...]]] = [[] for _ in rows]
+    if first_token == "full":
+        full_cache = DynamicCache()
+        first = prefill_predict(model, ids, mask, full_cache).argmax(-1)
+        shared = None if prompt_under_allocation else full_cache
+    else:
+        shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+    for allocation in allocations:
+        view = allocation_view(model, allocation)
+        cache = AllocationCache(allocation.layers, shared, reserve=max_new_tokens + 1)
+        if first_token == "full":
+            if shared is None:
+                prefill(view, ids, mask, cache)
+            generated = decode_after(view, cache, first, mask, max_new_tokens, eos)
+        else:
+            if shared is None:
+                prefill(view, ids[:, :-1], mask[:, :-1], cache)
+            generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos)
+        for row, tokens in zip(out, generated):
+            row.append(tuple(tokens))
+        if bar is not None:
+            bar.update(len(rows))
+    return out
+
+
 def generate_candidates(
     model: PreTrainedModel,
     tokenizer,
@@ -115,44 +160,28 @@ def generate_candidates(
 ) -> list[list[Generation]]:
     """Greedy outputs [sequence][allocation] for every prompt under every allocation.
 
-    The full-model prompt cache of each batch is computed once and shared by all
-    allocations (with `prompt_under_allocation` each allocation reads the prompt
-    with its own layers instead, so nothing is shared).  With `first_token`
-    "full" the first generated token of each sequence is the full model's,
-    computed once from that shared prefill.  Results do not depend on how many
-    allocations are passed together.
+    Tokenises and plans the prompts (`plan_batches`), then runs each batch with
+    `generate_batch`: the full-model prompt cache of a batch is computed once
+    and shared by all allocations (with `prompt_under_allocation` each
+    allocation reads the prompt with its own layers instead, so nothing is
+    shared).  With `first_token` "full" the first generated token of each
+    sequence is the full model's, computed once from that shared prefill.
+    Results do not depend on how many allocations are passed together.
     """
     if first_token not in FIRST_TOKEN:
         raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
     rows = encode_prompts(tokenizer, prompts)
     eos = eos_ids(model, tokenizer)
-    results: list[list[Generation | None]] = [[None] * len(allocations) for _ in prompts]
+    results: list[list[Generation]] = [[] for _ in prompts]
     batches = plan_batches([len(r) for r in rows], model.config.get_text_config().num_attention_heads, max_batch)
     bar = tqdm(total=len(prompts) * len(allocations), disable=not progress, unit="gen", desc="generate")
     for batch in batches:
-        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
-        if first_token == "full":
-            full_cache = DynamicCache()
-            first = prefill_predict(model, ids, mask, full_cache).argmax(-1)
-            shared = None if prompt_under_allocation else full_cache
-        else:
-            shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
-        for a, allocation in enumerate(allocations):
-            view = allocation_view(model, allocation)
-            cache = AllocationCache(allocation.layers, shared, reserve=max_new_tokens + 1)
-            if first_token == "full":
-                if shared is None:
-                    prefill(view, ids, mask, cache)
-                generated = decode_after(view, cache, first, mask, max_new_tokens, eos)
-            else:
-                if shared is None:
-                    prefill(view, ids[:, :-1], mask[:, :-1], cache)
-                generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos)
-            for i, tokens in zip(batch, generated):
-                results[i][a] = Generation(tuple(tokens), _text(tokenizer, tokens, eos))
-            bar.update(len(batch))
+        generated = generate_batch(model, [rows[i] for i in batch], allocations, max_new_tokens, eos,
+                                   tokenizer.pad_token_id, prompt_under_allocation, first_token, bar)
+        for i, per_allocation in zip(batch, generated):
+            results[i] = [Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in per_allocation]
     bar.close()
-    return results  # type: ignore[return-value]
+    return results
 
 
 def generate(
@@ -174,6 +203,7 @@ def generate(
     return [g[0] for g in per_sequence]
 
 
-def _text(tokenizer, tokens: Sequence[int], eos: frozenset[int]) -> str:
+def output_text(tokenizer, tokens: Sequence[int], eos: frozenset[int]) -> str:
+    """The text of generated ids: EOS dropped, special tokens skipped, whitespace stripped."""
     body = tokens[:-1] if tokens and tokens[-1] in eos else tokens
     return tokenizer.decode(body, skip_special_tokens=True).strip()
