@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.cache import AllocationCache
+from skiporacle.eval.crossdecode import decode_candidates, unsupported_reason
 from skiporacle.eval.decode import decode_after, greedy_decode, positions, prefill, prefill_predict  # noqa: F401 (re-exported)
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
@@ -36,6 +37,7 @@ from skiporacle.search.allocation import Allocation
 TOKENS_PER_BATCH = 32768
 SCORE_BYTES_PER_BATCH = 1 << 30
 FIRST_TOKEN = ("allocation", "full")  # who predicts the first generated token (see above)
+DECODERS = ("together", "per-candidate")  # all allocations in one decode loop, or one after another (reference)
 
 
 @dataclass(frozen=True)
@@ -112,16 +114,30 @@ def generate_batch(
     prompt_under_allocation: bool = False,
     first_token: str = "allocation",
     bar=None,
+    decoder: str = "per-candidate",
 ) -> list[list[tuple[int, ...]]]:
     """Generated token ids [sequence][allocation] of one planned batch of prompt token rows.
 
     The batch is run as given (one left-padded prefill), never re-planned: the
     caller plans once (`plan_batches`) and every result depends only on its
-    batch.  `bar`, if given, advances by the batch size per allocation.
+    batch.  `decoder` "together" advances all allocations in one decode loop
+    (`crossdecode`) where the layout allows and the prompt cache is shared;
+    otherwise, and with "per-candidate" (the reference path), each allocation
+    decodes on its own layer view.  `bar`, if given, advances by the batch
+    size per allocation.
     """
     if first_token not in FIRST_TOKEN:
         raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     ids, mask = left_pad(rows, pad_id)
+    together = (decoder == "together" and not prompt_under_allocation
+                and unsupported_reason(model, ids.shape[1] + max_new_tokens) is None)
+    if together:
+        out = _decode_together(model, ids, mask, allocations, max_new_tokens, eos, first_token)
+        if bar is not None:
+            bar.update(len(rows) * len(allocations))
+        return out
     out: list[list[tuple[int, ...]]] = [[] for _ in rows]
     if first_token == "full":
         full_cache = DynamicCache()
@@ -147,6 +163,21 @@ def generate_batch(
     return out
 
 
+def _decode_together(model, ids, mask, allocations, max_new_tokens, eos, first_token) -> list[list[tuple[int, ...]]]:
+    """`generate_batch` with every allocation decoded in one loop over the shared full-model prompt cache."""
+    if first_token == "allocation":
+        cache = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        generated = decode_candidates(model, allocations, cache, mask[:, :-1], ids[:, -1], max_new_tokens, eos)
+        return [[tuple(tokens) for tokens in row] for row in generated]
+    if max_new_tokens <= 0:
+        return [[()] * len(allocations) for _ in range(len(ids))]
+    cache = DynamicCache()
+    first = prefill_predict(model, ids, mask, cache).argmax(-1)
+    going = ~torch.isin(first, torch.tensor(sorted(eos), dtype=torch.long))
+    generated = decode_candidates(model, allocations, cache, mask, first, max_new_tokens - 1, eos, going)
+    return [[(head,) + tuple(tokens) for tokens in row] for head, row in zip(first.tolist(), generated)]
+
+
 def generate_candidates(
     model: PreTrainedModel,
     tokenizer,
@@ -157,6 +188,7 @@ def generate_candidates(
     progress: bool = False,
     max_batch: int = 0,
     first_token: str = "allocation",
+    decoder: str = "per-candidate",
 ) -> list[list[Generation]]:
     """Greedy outputs [sequence][allocation] for every prompt under every allocation.
 
@@ -177,7 +209,7 @@ def generate_candidates(
     bar = tqdm(total=len(prompts) * len(allocations), disable=not progress, unit="gen", desc="generate")
     for batch in batches:
         generated = generate_batch(model, [rows[i] for i in batch], allocations, max_new_tokens, eos,
-                                   tokenizer.pad_token_id, prompt_under_allocation, first_token, bar)
+                                   tokenizer.pad_token_id, prompt_under_allocation, first_token, bar, decoder)
         for i, per_allocation in zip(batch, generated):
             results[i] = [Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in per_allocation]
     bar.close()

@@ -1,0 +1,242 @@
+"""Cross-candidate greedy decoding: one step advances every (sequence, candidate) row of a batch.
+
+The per-candidate path (`decode.greedy_decode` on a layer view) runs the
+candidates of a batch one after another, each over the same weights and the
+same prompt cache, at about B rows per matrix product.  Here a step runs each
+decoder layer once, on the live rows whose candidate keeps it (gather, one
+product per projection, scatter back); rows of candidates that skip the layer
+pass through unchanged.  Attention is split in two and merged by log-sum-exp,
+as in cascade (Hydragen-style) attention:
+- shared prefix: every candidate of a sequence reads the same full-model prompt
+  cache, so the queries of all of a sequence's candidates are stacked against
+  one copy of its prompt keys/values (one batched product per layer; the
+  prompt cache is never copied per candidate);
+- own tokens: each row's own generated keys/values, in a small buffer per
+  (layer, module) lane.
+
+This is a loop of our own over the model's own modules (norms, projections,
+MLP, rotary embedding); layouts it does not cover fall back to the
+per-candidate path (`unsupported_reason`).  Outputs equal the per-candidate
+path up to float rounding (products over other row counts differ by about
+1e-6 relative), so they can differ only at near-ties (`bench/oracle_speed.py`
+counts them).
+
+Shapes: B sequences, K candidates, R = B*K rows (row r = b*K + k), D hidden,
+H query heads, Hkv key/value heads, G = H/Hkv, hd head dim, P prefix length,
+T fed tokens so far, C candidates of one lane.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+from skiporacle.eval.model import allocation_view, decoder_layers
+from skiporacle.search.allocation import Allocation
+
+# Layouts whose decoder layer is pre-norm attention + MLP with q/k/v/o projections and rotary positions.
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# Most rows decoded together: bounds the own-token buffers (R x kept layers x Hkv x steps x hd x 2 floats).
+MAX_ROWS = 1024
+
+
+def unsupported_reason(model: PreTrainedModel, total_length: int) -> str | None:
+    """Why `model` cannot be decoded here for sequences up to `total_length` positions (None: it can)."""
+    config = model.config.get_text_config()
+    if config.model_type not in SUPPORTED_TYPES or model.get_output_embeddings() is None:
+        return f"layout {config.model_type!r} (cross-candidate decoding covers {', '.join(SUPPORTED_TYPES)})"
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    slides = window is not None and (types is None or "sliding_attention" in types)
+    if slides and window < total_length:
+        return f"sliding window {window} shorter than {total_length} positions"
+    return None
+
+
+@dataclass
+class Lane:
+    """The rows that run one layer module: candidates `candidates` keeping it, their own-token caches.
+
+    `rows` [n] live global row ids (sorted); `slot` [n] each row's place b*C + c in
+    the dense [B, C] query layout of the shared-prefix product; `keys`/`values`
+    [n, Hkv, steps, hd] the rows' own keys and values.
+    """
+
+    module: nn.Module
+    candidates: tuple[int, ...]
+    rows: torch.Tensor
+    slot: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    def keep(self, alive: torch.Tensor) -> None:
+        """Drop rows that are no longer alive (`alive` [R] bool)."""
+        kept = alive[self.rows]
+        if not bool(kept.all()):
+            self.rows, self.slot = self.rows[kept], self.slot[kept]
+            self.keys, self.values = self.keys[kept], self.values[kept]
+
+
+def _lanes(model: PreTrainedModel, allocations: Sequence[Allocation], batch: int, steps: int) -> list[list[Lane]]:
+    """Per decoder layer, its lanes: candidates grouped by the module they run there (healed variants differ)."""
+    config = model.config.get_text_config()
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    K = len(allocations)
+    groups: list[dict[int, tuple[nn.Module, list[int]]]] = [{} for _ in decoder_layers(model)]
+    for k, allocation in enumerate(allocations):
+        for layer, module in zip(allocation.layers, decoder_layers(allocation_view(model, allocation))):
+            groups[layer].setdefault(id(module), (module, []))[1].append(k)
+    weight = model.get_output_embeddings().weight
+    lanes: list[list[Lane]] = []
+    for per_module in groups:
+        layer_lanes = []
+        for module, candidates in per_module.values():
+            C = len(candidates)
+            b = torch.arange(batch).repeat_interleave(C)
+            c = torch.arange(C).repeat(batch)
+            rows = b * K + torch.tensor(candidates)[c]
+            buffer = (batch * C, kv_heads, steps, head_dim)
+            layer_lanes.append(Lane(module, tuple(candidates), rows, b * C + c,
+                                    weight.new_empty(buffer), weight.new_empty(buffer)))
+        lanes.append(layer_lanes)
+    return lanes
+
+
+def _softmax_parts(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unnormalised attention over one part: (max [.., 1], sum of exp [.., 1], exp-weighted values [.., hd]).
+
+    Scores are taken in float32; a part whose keys are all masked has max
+    -1e30 and sum 0, so it drops out of the merge.
+    """
+    scores = scores.float()
+    top = scores.amax(-1, keepdim=True).clamp_min(-1e30)
+    weights = torch.exp(scores - top)
+    return top, weights.sum(-1, keepdim=True), weights.to(values.dtype) @ values
+
+
+def _attention(lane: Lane, query: torch.Tensor, step: int, prefix_keys: torch.Tensor, prefix_values: torch.Tensor,
+               prefix_bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention output [n, H, hd] of the lane's rows: query [n, H, hd] over prefix + own tokens 0..step."""
+    n, H, hd = query.shape
+    B, Hkv, P, _ = prefix_keys.shape
+    G, C = H // Hkv, len(lane.candidates)
+    grouped = query.view(n, Hkv, G, hd)
+    own = _softmax_parts(grouped @ lane.keys[:, :, : step + 1].transpose(-1, -2) * scale,
+                         lane.values[:, :, : step + 1])  # [n, Hkv, G, .]
+    if P == 0:
+        top, total, weighted = own
+        return (weighted / total.to(weighted.dtype)).view(n, H, hd)
+    dense = query.new_zeros(B * C, Hkv, G, hd)
+    dense[lane.slot] = grouped
+    dense = dense.view(B, C, Hkv, G, hd).transpose(1, 2).reshape(B, Hkv, C * G, hd)  # one prompt copy per sequence
+    shared = _softmax_parts(dense @ prefix_keys.transpose(-1, -2) * scale + prefix_bias, prefix_values)
+    shared = [part.view(B, Hkv, C, G, -1).transpose(1, 2).reshape(B * C, Hkv, G, -1)[lane.slot] for part in shared]
+    top = torch.maximum(shared[0], own[0])
+    w_shared, w_own = torch.exp(shared[0] - top), torch.exp(own[0] - top)
+    total = shared[1] * w_shared + own[1] * w_own
+    out = (shared[2] * w_shared.to(query.dtype) + own[2] * w_own.to(query.dtype)) / total.to(query.dtype)
+    return out.view(n, H, hd)
+
+
+def _run_lane(lane: Lane, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: int,
+              prefix: tuple[torch.Tensor, torch.Tensor], prefix_bias: torch.Tensor, K: int, rotate) -> None:
+    """One decoder layer on the lane's rows of hidden [R, D], in place; stores their keys/values at `step`."""
+    layer, attn = lane.module, lane.module.self_attn
+    x = hidden[lane.rows]  # [n, D]
+    normed = layer.input_layernorm(x)
+    n, hd = len(x), attn.head_dim
+    q = attn.q_proj(normed).view(n, -1, hd)
+    k = attn.k_proj(normed).view(n, -1, hd)
+    v = attn.v_proj(normed).view(n, -1, hd)
+    if hasattr(attn, "q_norm"):  # Qwen3: RMS norm on the head dimension before rotation
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    sequence = lane.rows // K
+    q, k = rotate(q[:, :, None], k[:, :, None], cos[sequence][:, None], sin[sequence][:, None])  # [n, heads, 1, hd]
+    lane.keys[:, :, step] = k[:, :, 0]
+    lane.values[:, :, step] = v
+    out = _attention(lane, q[:, :, 0], step, prefix[0], prefix[1], prefix_bias, attn.scaling)
+    x = x + attn.o_proj(out.reshape(n, -1))
+    hidden[lane.rows] = x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+@torch.inference_mode()
+def decode_candidates(
+    model: PreTrainedModel,
+    allocations: Sequence[Allocation],
+    prompt_cache: DynamicCache,
+    prefix_mask: torch.Tensor,
+    first: torch.Tensor,
+    steps: int,
+    eos: frozenset[int],
+    decode: torch.Tensor | None = None,
+) -> list[list[list[int]]]:
+    """Greedy tokens [sequence][candidate], every candidate fed `first` [B] after the shared prefix.
+
+    `prompt_cache` holds the full model's keys/values of the prefix, `prefix_mask`
+    [B, P] its left-padded mask; each row's fed token sits at position
+    prefix_mask.sum(-1).  Each row predicts up to `steps` tokens and stops at EOS.
+    `decode` [B] bool (default all) says which sequences to decode; the others get
+    no tokens.  Rows are decoded in chunks of candidates of at most MAX_ROWS rows.
+    """
+    B = len(first)
+    decode = torch.ones(B, dtype=torch.bool) if decode is None else decode
+    per_chunk = max(1, MAX_ROWS // max(B, 1))
+    out: list[list[list[int]]] = [[] for _ in range(B)]
+    for start in range(0, len(allocations), per_chunk):
+        chunk = _decode_chunk(model, allocations[start : start + per_chunk], prompt_cache, prefix_mask, first,
+                              steps, eos, decode)
+        for row, tokens in zip(out, chunk):
+            row.extend(tokens)
+    return out
+
+
+def _prefixes(model: PreTrainedModel, prompt_cache: DynamicCache, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the prompt cache's (keys, values) [B, Hkv, P, hd]; empty (P = 0) where nothing was prefilled."""
+    config = model.config.get_text_config()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    empty = model.get_output_embeddings().weight.new_empty((batch, config.num_key_value_heads, 0, head_dim))
+    layers = prompt_cache.layers
+    return [(layers[i].keys, layers[i].values) if i < len(layers) and layers[i].is_initialized else (empty, empty)
+            for i in range(len(decoder_layers(model)))]
+
+
+def _decode_chunk(model, allocations, prompt_cache, prefix_mask, first, steps, eos, decode) -> list[list[list[int]]]:
+    B, K = len(first), len(allocations)
+    base = model.base_model
+    rotate = sys.modules[type(decoder_layers(model)[0].self_attn).__module__].apply_rotary_pos_emb
+    lanes = _lanes(model, allocations, B, steps)
+    prefixes = _prefixes(model, prompt_cache, B)
+    bias = torch.zeros(prefix_mask.shape, dtype=torch.float32)
+    bias = bias.masked_fill(prefix_mask == 0, float("-inf"))[:, None, None, :]  # [B, 1, 1, P]
+    start = prefix_mask.sum(-1)  # [B] position of the first fed token
+    eos_ids = torch.tensor(sorted(eos), dtype=torch.long)
+    out = [[[] for _ in range(K)] for _ in range(B)]
+    tokens = first.repeat_interleave(K)  # [R]
+    alive = decode.repeat_interleave(K)
+    for layer_lanes in lanes:
+        for lane in layer_lanes:
+            lane.keep(alive)
+    for step in range(steps if bool(alive.any()) else 0):
+        hidden = base.embed_tokens(tokens)  # [R, D]; dead rows are carried but never computed
+        cos, sin = base.rotary_emb(hidden, (start + step)[None])  # [1, B, hd]
+        for layer, layer_lanes in enumerate(lanes):
+            for lane in layer_lanes:
+                if len(lane.rows):
+                    _run_lane(lane, hidden, cos[0], sin[0], step, prefixes[layer], bias, K, rotate)
+        live = alive.nonzero().squeeze(-1)
+        tokens[live] = model.get_output_embeddings()(base.norm(hidden[live])).argmax(-1)
+        for row, token in zip(live.tolist(), tokens[live].tolist()):
+            out[row // K][row % K].append(token)
+        alive[live[torch.isin(tokens[live], eos_ids)]] = False
+        if not bool(alive.any()):
+            break
+        for layer_lanes in lanes:
+            for lane in layer_lanes:
+                lane.keep(alive)
+    return out

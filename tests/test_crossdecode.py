@@ -1,0 +1,118 @@
+"""Cross-candidate decoding (`eval/crossdecode.py`) against the per-candidate reference path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import skiporacle.eval.crossdecode as crossdecode
+from skiporacle.eval.crossdecode import unsupported_reason
+from skiporacle.eval.generate import generate_candidates
+from skiporacle.eval.model import num_layers
+from skiporacle.search.allocation import parse_spec
+
+from conftest import _config  # noqa: E402 (tests dir is on sys.path)
+
+MAX_NEW = 7
+SPECS = ("all", "uniform:3", "1-5", "exit:2", "5", "0,2,4", "0")
+COVERED = ("llama", "qwen3", "mistral-long", "qwen2-long")
+
+
+def _model(layout: str, tiny_model):
+    """A tiny model; "-long" layouts have their sliding window beyond every test length."""
+    if not layout.endswith("-long"):
+        return tiny_model(layout)
+    config = _config(layout.removesuffix("-long"))
+    config.sliding_window = 128
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = config.eos_token_id
+    return model
+
+
+def _both(model, tokenizer, texts, allocations, **kwargs):
+    together = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="together", **kwargs)
+    alone = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="per-candidate", **kwargs)
+    return together, alone
+
+
+@pytest.mark.parametrize("layout", COVERED)
+@pytest.mark.parametrize("first_token", ["allocation", "full"])
+def test_together_equals_per_candidate(layout, first_token, tiny_model, tokenizer, prompt_ids, ref, single_thread):
+    model = _model(layout, tiny_model)
+    assert unsupported_reason(model, 64) is None
+    allocations = [parse_spec(s, num_layers(model)) for s in SPECS]
+    together, alone = _both(model, tokenizer, [ref.as_text(p) for p in prompt_ids], allocations, first_token=first_token)
+    assert together == alone
+    if first_token == "allocation":  # and both equal the cache-free brute force
+        for a, allocation in enumerate(allocations):
+            want = [ref.reference_greedy(model, p, allocation.layers, MAX_NEW, {1}) for p in prompt_ids]
+            assert [list(row[a].tokens) for row in together] == want, allocation.spec
+
+
+@pytest.mark.parametrize("first_token", ["allocation", "full"])
+def test_rows_finishing_early_leave_without_disturbing_others(first_token, tiny_model, tokenizer, prompt_ids, ref,
+                                                              single_thread):
+    model = tiny_model("llama")
+    allocations = [parse_spec(s, num_layers(model)) for s in SPECS]
+    texts = [ref.as_text(p) for p in prompt_ids]
+    free = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="per-candidate")
+    counts: dict[int, int] = {}
+    for row in free:
+        for g in row:
+            for t in set(g.tokens[:3]):
+                counts[t] = counts.get(t, 0) + 1
+    stop = max(counts, key=lambda t: (counts[t], -t))  # early, in many rows: some stop at step 0 or 1
+    with ref.eos_override(model, tokenizer, stop):
+        together, alone = _both(model, tokenizer, texts, allocations, first_token=first_token)
+    assert together == alone
+    lengths = [len(g.tokens) for row in together for g in row]
+    assert min(lengths) < MAX_NEW and max(lengths) == MAX_NEW
+
+
+def test_chunks_of_candidates_give_the_same_outputs(tiny_model, tokenizer, prompt_ids, ref, monkeypatch, single_thread):
+    model = tiny_model("qwen3")
+    allocations = [parse_spec(s, num_layers(model)) for s in SPECS]
+    texts = [ref.as_text(p) for p in prompt_ids]
+    whole = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="together")
+    monkeypatch.setattr(crossdecode, "MAX_ROWS", 2 * len(prompt_ids))  # two candidates per chunk
+    assert generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="together") == whole
+
+
+def test_max_new_tokens_edge_cases(tiny_model, tokenizer, prompt_ids, ref, single_thread):
+    model = tiny_model("llama")
+    allocations = [parse_spec(s, num_layers(model)) for s in ("all", "1-5")]
+    texts = [ref.as_text(p) for p in prompt_ids]
+    for first_token in ("allocation", "full"):
+        for limit in (0, 1, 2):
+            kwargs = dict(first_token=first_token)
+            together = generate_candidates(model, tokenizer, texts, allocations, limit, decoder="together", **kwargs)
+            alone = generate_candidates(model, tokenizer, texts, allocations, limit, decoder="per-candidate", **kwargs)
+            assert together == alone, (first_token, limit)
+
+
+@pytest.mark.parametrize("layout", ["gemma3", "gpt2", "opt", "mistral"])
+def test_uncovered_layouts_fall_back_to_the_reference_path(layout, tiny_model, tokenizer, prompt_ids, ref,
+                                                           single_thread):
+    model = tiny_model(layout)
+    assert unsupported_reason(model, 64) is not None  # mistral: its window (4) is shorter than the sequences
+    allocations = [parse_spec(s, num_layers(model)) for s in ("all", "uniform:3")]
+    together, alone = _both(model, tokenizer, [ref.as_text(p) for p in prompt_ids], allocations)
+    assert together == alone
+
+
+def test_prompt_cache_is_left_unchanged(tiny_model, prompt_ids, ref):
+    from transformers import DynamicCache
+
+    from skiporacle.eval.decode import prefill
+    from skiporacle.eval.generate import left_pad
+
+    model = tiny_model("llama")
+    ids, mask = left_pad(prompt_ids, 0)
+    cache = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    allocations = [parse_spec(s, num_layers(model)) for s in SPECS]
+    crossdecode.decode_candidates(model, allocations, cache, mask[:, :-1], ids[:, -1], MAX_NEW, frozenset({1}))
+    for layer, (keys, values) in zip(cache.layers, before):
+        assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
