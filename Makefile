@@ -71,7 +71,7 @@ dump: setup  ## one row per sequence x candidate of the run in OUT
 	$(BIN)/skiporacle dump --run $(OUT) --format $(FORMAT)
 
 curves: setup  ## curves.csv, curves.png and similarity.png of the run in OUT
-	$(BIN)/skiporacle curves --run $(OUT)
+	$(BIN)/skiporacle curves --run $(OUT) --similarity 16
 
 report: setup  ## RUN/report.html of the run in OUT: one self-contained page (figures, plots, every output)
 	$(BIN)/skiporacle report --run $(OUT)

@@ -13,7 +13,9 @@ def controller(args: argparse.Namespace) -> int:
     """Evaluate a controller on a run (k-fold, or trained on --train), save it, write controller.json/.png."""
     from skiporacle.controller.evaluate import EvalSettings
     from skiporacle.controller.run import run_controller
-    from skiporacle.oracle.setup import load_model_cached
+    from functools import lru_cache
+
+    from skiporacle.oracle.inputs import load_named_model
 
     if args.folds < 2:
         raise BadInput(f"--folds must be at least 2, got {args.folds}")
@@ -22,7 +24,7 @@ def controller(args: argparse.Namespace) -> int:
     run = Path(args.run)
     out = Path(args.out) if args.out else run / ("controller" if not args.train else f"controller-from-{Path(args.train).name}")
     settings = EvalSettings(tolerance=args.tolerance, folds=args.folds, seed=args.seed, resamples=args.resamples)
-    result = run_controller(run, out, Path(args.train) if args.train else None, settings, load_model_cached)
+    result = run_controller(run, out, Path(args.train) if args.train else None, settings, lru_cache(maxsize=1)(load_named_model))  # the train and test runs share a model
     lo_hi = result["intervals"]
     print(f"skiporacle: {result['mode']} on {result['sequences']} sequences of {run} "
           f"({result['labels']} labels); wrote {out / 'controller.json'} and {out / 'controller.png'}")
@@ -59,7 +61,7 @@ def _span(span, scale: float = 1.0) -> str:
     return "n/a" if not span else f"{scale * span[0]:.1f}-{scale * span[1]:.1f}"
 
 
-def deploy(args: argparse.Namespace, settings, inputs) -> int:
+def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
     """`generate --controller DIR`: decide per sequence at prefill, generate with real skipping, and time it
     against the full model on the same sequences in this process."""
     import time
@@ -68,8 +70,8 @@ def deploy(args: argparse.Namespace, settings, inputs) -> int:
     from skiporacle.controller.run import load_controller
     from skiporacle.eval.generate import generate as run_generate
     from skiporacle.eval.metrics import sequence_scores
-    from skiporacle.oracle.setup import load_model_cached
-    from skiporacle.search.allocation import Allocation, full
+    from skiporacle.oracle.candidates import pinned_allocations
+    from skiporacle.search.allocation import full
 
     stored, fitted = load_controller(Path(args.controller))
     if stored["num_layers"] != inputs.num_layers:
@@ -86,8 +88,7 @@ def deploy(args: argparse.Namespace, settings, inputs) -> int:
                        "choose other rows (--offset) so that the scores are honest")
     tau = stored["tau"] if args.tau is None else args.tau
     n = inputs.num_layers
-    allocations = [Allocation(tuple(c[1]), n, c[0], c[2] if len(c) > 2 else "") for c in stored["candidates"]]
-    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    allocations = pinned_allocations(stored["candidates"], n)
     run_generate(model, tokenizer, inputs.prompts[:1], full(n), 2)  # warm-up: neither timed path pays first-call costs
     deployed = generate_with_controller(model, tokenizer, inputs.prompts, allocations, fitted, tau,
                                         settings.max_new_tokens, settings.batch_size)

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from skiporacle.oracle.choose import FULL
+
 
 def threshold_choices(prob: np.ndarray, costs: Sequence[int], tau: float) -> np.ndarray:
     """Per sequence, the cheapest candidate with predicted probability >= tau (ties: higher probability).
@@ -18,7 +20,7 @@ def threshold_choices(prob: np.ndarray, costs: Sequence[int], tau: float) -> np.
     The full model (last column) is always allowed.  Returns indices [N].
     """
     allowed = prob >= tau - 1e-12
-    allowed[:, -1] = True
+    allowed[:, FULL] = True
     cost = np.asarray(costs, dtype=float)
     key = np.where(allowed, cost[None, :] - 1e-6 * prob, np.inf)  # cheapest, then most probable
     return key.argmin(1)

@@ -20,7 +20,7 @@ import numpy as np
 
 from skiporacle.controller.decide import knapsack_choices, threshold_choices
 from skiporacle.controller.model import Fitted, fit
-from skiporacle.oracle.select import knapsack
+from skiporacle.oracle.choose import FULL, knapsack
 from skiporacle.oracle.stats import RESAMPLES
 
 TAUS = tuple(np.round(np.linspace(0.0, 1.0, 51), 4))
@@ -90,7 +90,7 @@ def reach(curve: Curve, full: np.ndarray, rows: np.ndarray | None = None) -> flo
 def oracle_reach(scores: np.ndarray, costs, rows: np.ndarray | None = None) -> float | None:
     """The knapsack oracle's layers at full quality (in-sample: chosen and scored with the same scores)."""
     sub = scores if rows is None else scores[rows]
-    return knapsack(sub, costs).layers_to_reach(float(sub[:, -1].mean()))
+    return knapsack(sub, costs).layers_to_reach(float(sub[:, FULL].mean()))
 
 
 def shuffled_oracle(scores: np.ndarray, costs, seed: int) -> Curve:
@@ -131,8 +131,8 @@ def interval(values: list[float | None]) -> list[float] | None:
 def evaluate(prob: np.ndarray, pred: np.ndarray, length_prob: np.ndarray, scores: np.ndarray, costs: list[int],
              settings: EvalSettings) -> dict:
     """The controller's figures against the oracle and the baselines, all on `scores` [N, K] (true scores)."""
-    n, num_layers = len(scores), costs[-1]
-    full = scores[:, -1]
+    n, num_layers = len(scores), costs[FULL]
+    full = scores[:, FULL]
     curves = {"threshold": threshold_curve(prob, costs, scores), "budget": budget_curve(pred, costs, scores),
               "prompt_length": threshold_curve(length_prob, costs, scores),
               "shuffled_oracle": shuffled_oracle(scores, costs, settings.seed)}

@@ -14,13 +14,14 @@ import numpy as np
 from skiporacle.controller.decide import threshold_choices
 from skiporacle.controller.evaluate import TAUS, EvalSettings, cross_validated, fold_of, reach, threshold_curve
 from skiporacle.controller.model import Fitted, fit
+from skiporacle.oracle.choose import FULL
 
 
 def choose_tau(prob: np.ndarray, costs, scores: np.ndarray) -> float:
     """The smallest tau of TAUS whose threshold decisions reach the full model's mean score on these rows
     at the least mean layers (1.0, full model only, if none does).  Call it on training rows only."""
     curve = threshold_curve(prob, costs, scores)
-    best = reach(curve, scores[:, -1])
+    best = reach(curve, scores[:, FULL])
     means = curve.layers.mean(1)
     hits = [t for t, m in zip(TAUS, means) if best is not None and abs(m - best) < 1e-9]
     return float(min(hits)) if hits else 1.0
@@ -44,10 +45,10 @@ def nested_choices(features: np.ndarray, match: np.ndarray, delta: np.ndarray, s
 def fair_point(choices: np.ndarray, costs, scores: np.ndarray, settings: EvalSettings) -> dict:
     """One operating point fixed before looking at the rows it is scored on: mean layers and score, with
     the paired difference to the full model (95 % bootstrap intervals over sequences)."""
-    n, num_layers = len(scores), costs[-1]
+    n, num_layers = len(scores), costs[FULL]
     layers = np.asarray(costs, dtype=float)[choices]
     got = scores[np.arange(n), choices]
-    lag = got - scores[:, -1]
+    lag = got - scores[:, FULL]
     rows = np.random.default_rng(settings.seed).integers(0, n, size=(settings.resamples, n))
     span = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]  # noqa: E731
     return {"percent_layers": float(100 * layers.mean() / num_layers),

@@ -15,10 +15,12 @@ import numpy as np
 
 from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import content_hash
+from skiporacle.oracle.choose import FULL
 from skiporacle.oracle.guard import missing_sequences, plausible_mask
 from skiporacle.oracle.plausibility import PLAUSIBILITY
 from skiporacle.oracle.records import load_run
-from skiporacle.oracle.summary import score_matrix
+from skiporacle.oracle.stats import token_matrix
+from skiporacle.oracle.table import RunTable
 
 @dataclass(frozen=True)
 class Labels:
@@ -36,11 +38,11 @@ class Labels:
 
     @property
     def full(self) -> np.ndarray:
-        return self.scores[:, -1]
+        return self.scores[:, FULL]
 
     @property
     def num_layers(self) -> int:
-        return self.costs[-1]
+        return self.costs[FULL]
 
     def matches(self, tolerance: float, guarded: bool) -> np.ndarray:
         """[N, K] bool: the candidate's score >= full - tolerance (and, if guarded, its output is plausible)."""
@@ -59,8 +61,9 @@ def load_labels(run: Path, min_sequences: int = 1) -> Labels:
     if len(records) < min_sequences:
         raise BadInput(f"{str(run)!r} holds {len(records)} finished sequences; this needs at least {min_sequences}")
     records = sorted(records, key=lambda r: r["id"])
-    specs, costs, scores, _, _ = score_matrix(records)
-    tokens = np.array([[c["tokens"] for c in r["candidates"]] + [r["full"]["tokens"]] for r in records])
+    table = RunTable.from_records(records)
+    specs, costs, scores = table.specs, table.costs, table.scores
+    tokens = token_matrix(records).astype(int)
     candidates = settings["candidates"]  # the full model is pinned last
     if [c[0] for c in candidates] != specs:
         raise BadInput(f"{str(run)!r}: its records do not follow its pinned candidate list")

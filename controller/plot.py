@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from skiporacle.controller.labels import Labels  # noqa: E402
-from skiporacle.oracle.select import knapsack  # noqa: E402
+from skiporacle.oracle.choose import knapsack  # noqa: E402
 
 STYLE = {  # series: (label, colour, line style)
     "threshold": ("controller, threshold mode (held-out)", "tab:red", "-"),

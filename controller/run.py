@@ -24,8 +24,9 @@ from skiporacle.controller.fixed import choose_tau, fair_point, nested_choices
 from skiporacle.controller.labels import Labels, load_labels
 from skiporacle.controller.model import fit, load_arrays, save_arrays
 from skiporacle.data.errors import BadInput
+from skiporacle.data.files import read_json_object, write_json_atomic
 from skiporacle.eval.features import FEATURE_VERSION, scalar_columns
-from skiporacle.oracle.records import SUMMARY, read_json_object, write_json_atomic
+from skiporacle.oracle.records import SUMMARY
 
 FEATURES = "features.npz"
 LEARNING_SHARES = (0.25, 0.5, 0.75, 1.0)  # shares of each fold's training rows in the learning curve

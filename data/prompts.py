@@ -60,3 +60,9 @@ def fit_prompt(task: Task, example: Example, tokenizer: Any,
         if excess <= 0 or keep == 0:
             return text, True
         keep = max(0, keep - excess)
+
+
+def prompt_budget(model, tokenizer, max_new_tokens: int) -> tuple[int, int]:
+    """(context length, most prompt tokens that leave room for `max_new_tokens`), in tokens."""
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or tokenizer.model_max_length
+    return context, context - max_new_tokens

@@ -6,51 +6,14 @@ Anything wrong with the input raises :class:`BadInput` with a one-line message.
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.examples import METRICS, Example, Task, check_window, finish  # noqa: F401 (re-exported)
 from skiporacle.data.ptb import detokenize_ptb
-
-METRICS: tuple[str, ...] = ("rougeL", "bleu", "chrf", "exact_match")
-
-
-@dataclass(frozen=True)
-class Example:
-    """One input with its reference outputs; ``id`` is unique within a task."""
-
-    id: str
-    source: str
-    references: tuple[str, ...]  # non-empty strings, at least one
-
-
-@dataclass(frozen=True)
-class Task:
-    """How to prompt for and score a task; ``metric`` is one of :data:`METRICS`."""
-
-    name: str
-    metric: str
-    instruction: str  # chat-prompt instruction, put before the source
-    source_label: str  # plain-template labels: "### Article: ...\n\n### Summary:"
-    target_label: str
-    # The default --max-new-tokens, room for a typical answer: a decoding default, so it is
-    # left out of comparisons, which concern what the task asks and how it is scored.
-    max_new_tokens: int = field(default=48, compare=False)
-    template: str | None = None  # base models: the whole prompt, "{input}" standing for the source
-    # How many of an example's references score it (0: all).  CNN/DM keeps its 10 crowd summaries for
-    # the split-reference oracle, but the paper's per-sequence score is against the highlights alone.
-    scored_references: int = 0
-
-    def scoring_references(self, references: tuple[str, ...]) -> list[str]:
-        """The references a sequence's score is computed against."""
-        return list(references[: self.scored_references] if self.scored_references else references)
-
+from skiporacle.data.readers import bad as _bad, field as _field, lines as _lines, read_records as _read_records
 
 TASK_NAMES: tuple[str, ...] = (
     "xsum", "cnndm", "samsum", "alpaca", "self-instruct", "gsm8k", "wmt22:<src>-<tgt>",
@@ -83,11 +46,6 @@ _LANGUAGES = {
 _SET_HINT = "set SKIPORACLE_DATA to the folder holding the evaluation datasets"
 
 
-def _bad(message: str) -> BadInput:
-    # Messages embed ids and parser errors; the CLI contract is one line.
-    return BadInput(" ".join(message.split("\n")))
-
-
 def data_root() -> Path:
     """The datasets folder: ``$SKIPORACLE_DATA`` if set, else ``<repo>/../shared/datasets``.
 
@@ -106,135 +64,6 @@ def _needed(relative: str) -> Path:
     if not path.exists():
         raise _bad(f"data file {path} not found; {_SET_HINT}")
     return path
-
-
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise _bad(f"cannot read {path}: {e.strerror or e}") from e
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise _bad(f"{path} is not valid UTF-8 (byte {e.start})") from e
-
-
-def _lines(path: Path) -> list[str]:
-    """Lines split on ``\\n`` only: ``str.splitlines`` would also split on U+2028 inside text."""
-    text = _read_text(path)
-    return (text[:-1] if text.endswith("\n") else text).split("\n") if text else []
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise _bad(f"{path} line {number} is not valid JSON: {e.msg}") from e
-        if not isinstance(row, dict):
-            raise _bad(f"{path} line {number} is not a JSON object")
-        rows.append(row)
-    return rows
-
-
-def _read_json(path: Path) -> list[dict]:
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise _bad(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from e
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise _bad(f"{path} must hold a JSON list of objects")
-    return data
-
-
-def _read_records(path: Path) -> list[dict]:
-    """Rows of a JSONL/JSON/CSV/Parquet file or a ``save_to_disk`` folder, as dicts."""
-    if path.is_dir():
-        import datasets  # slow import, only for this format
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:  # datasets raises several types for a non-dataset folder
-            raise _bad(f"{path} is not a folder saved with datasets.save_to_disk: {e}") from e
-        if isinstance(ds, datasets.DatasetDict):
-            if len(ds) != 1:
-                raise _bad(f"{path} holds splits {sorted(ds)}; save a single split")
-            ds = next(iter(ds.values()))
-        return ds.to_list()
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".json":
-        return _read_json(path)
-    if suffix == ".csv":
-        return list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow's errors for a bad file vary by version
-            raise _bad(f"{path} is not a readable Parquet file: {e}") from e
-    raise _bad(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json, .csv, .parquet "
-               "or a datasets folder")
-
-
-def _field(row: dict, name: str, where: str) -> Any:
-    if name not in row:
-        raise _bad(f"{where} has no field {name!r}; fields present: {', '.join(map(str, row))}")
-    return row[name]
-
-
-def _texts(value: Any, what: str, example_id: str) -> tuple[str, ...]:
-    """A string or list of strings as a non-empty tuple of non-blank strings."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    texts = []
-    for item in items:
-        if item is None:  # a CSV's short row or a null JSON value
-            item = ""
-        elif isinstance(item, (int, float)) and not isinstance(item, bool):
-            item = str(item)
-        if not isinstance(item, str):
-            raise _bad(f"example {example_id!r}: {what} must be a string or list of strings, "
-                       f"got {type(item).__name__}")
-        texts.append(item)
-    if not texts or any(not t.strip() for t in texts):
-        raise _bad(f"example {example_id!r}: empty {what}")
-    return tuple(texts)
-
-
-def _check_window(limit: int | None, offset: int) -> None:
-    if limit is not None and limit < 1:
-        raise _bad(f"limit must be at least 1, got {limit}")
-    if offset < 0:
-        raise _bad(f"offset must be 0 or more, got {offset}")
-
-
-def _finish(task: Task, rows: Iterable[tuple[Any, Any, Any]], limit: int | None, offset: int,
-            where: str) -> tuple[Task, list[Example]]:
-    """Validate (id, source, references) rows into Examples and take the offset/limit window."""
-    examples: list[Example] = []
-    seen: set[str] = set()
-    for raw_id, source, refs in rows:
-        example_id = str(raw_id)
-        if raw_id is None or not example_id.strip():
-            raise _bad(f"{where}: an example has an empty id")
-        if example_id in seen:
-            raise _bad(f"{where}: duplicate id {example_id!r}")
-        seen.add(example_id)
-        if isinstance(source, (list, tuple)):
-            raise _bad(f"example {example_id!r}: input must be a single string, got a list")
-        (text,) = _texts(source, "input", example_id)
-        examples.append(Example(example_id, text, _texts(refs, "reference", example_id)))
-    if not examples:
-        raise _bad(f"{where} holds no examples")
-    if offset >= len(examples):
-        raise _bad(f"offset {offset} is past the end of {where} ({len(examples)} examples)")
-    end = None if limit is None else offset + limit
-    return task, examples[offset:end]
 
 
 def _alpaca_row(index: int, row: dict) -> list[tuple]:
@@ -296,7 +125,7 @@ def _wmt22(pair: str, limit: int | None, offset: int) -> tuple[Task, list[Exampl
     instruction = f"Translate the following {src_name} text into {tgt_name}."
     task = Task(f"wmt22:{pair}", "chrf", instruction, src_name, tgt_name, max_new_tokens=WMT22_MAX_NEW_TOKENS)
     triples = ((i, line, [r[i] for r in refs]) for i, line in enumerate(sources))
-    return _finish(task, triples, limit, offset, f"wmt22:{pair}")
+    return finish(task, triples, limit, offset, f"wmt22:{pair}")
 
 
 def check_prompt_options(instruction: str | None, template: str | None) -> None:
@@ -325,7 +154,7 @@ def load_task(name: str, limit: int | None = None, offset: int = 0) -> tuple[Tas
     Returns ``examples[offset:offset + limit]`` in file order. Raises BadInput for an unknown
     task or wmt22 pair, a missing data file, bad ``limit``/``offset``, or malformed data.
     """
-    _check_window(limit, offset)
+    check_window(limit, offset)
     if name.startswith("wmt22:"):
         return _wmt22(name[len("wmt22:"):], limit, offset)
     if name not in _BUILTIN:
@@ -338,7 +167,7 @@ def load_task(name: str, limit: int | None = None, offset: int = 0) -> tuple[Tas
             triples.extend(to_rows(index, row))
         except KeyError as e:
             raise _bad(f"{path} row {index} has no field {e.args[0]!r}") from e
-    return _finish(_TASKS[name], triples, limit, offset, str(path))
+    return finish(_TASKS[name], triples, limit, offset, str(path))
 
 
 def load_file(path: str | Path, input_field: str, reference_field: str, id_field: str | None = None,
@@ -353,7 +182,7 @@ def load_file(path: str | Path, input_field: str, reference_field: str, id_field
     models ``template`` (see :func:`skiporacle.data.prompts.render_prompt`) or, without it,
     the plain labels "Input"/"Output".
     """
-    _check_window(limit, offset)
+    check_window(limit, offset)
     check_prompt_options(instruction, template)
     if metric not in METRICS:
         raise _bad(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
@@ -367,4 +196,4 @@ def load_file(path: str | Path, input_field: str, reference_field: str, id_field
         source, refs = _field(row, input_field, where), _field(row, reference_field, where)
         triples.append((row_id, source, refs))
     task = Task(f"file:{path}", metric, instruction, "Input", "Output", FILE_MAX_NEW_TOKENS, template)
-    return _finish(task, triples, limit, offset, str(path))
+    return finish(task, triples, limit, offset, str(path))

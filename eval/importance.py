@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from skiporacle.eval.generate import generate
 from skiporacle.eval.model import num_layers
-from skiporacle.eval.teacher import nll, teacher_forced_passes
+from skiporacle.eval.teacher_forcing import nll, teacher_forced_passes
 from skiporacle.search.allocation import Allocation, full
 
 

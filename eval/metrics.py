@@ -16,8 +16,8 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.tasks import METRICS  # noqa: F401 (the one list of metric names)
 
-METRICS: tuple[str, ...] = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match")
 _ROUGE: tuple[str, ...] = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 # A sentence ends at . ! or ? followed by whitespace; existing newlines also end one.

@@ -200,20 +200,3 @@ def sliced_config(config, layers: tuple[int, ...]):
     if hasattr(config, "num_hidden_layers"):
         sliced.num_hidden_layers = len(layers)
     return sliced
-
-
-PACKAGES = ("skiporacle", "torch", "transformers", "rouge-score", "sacrebleu", "numpy", "peft")
-
-
-def package_versions() -> dict:
-    """Python's and the key packages' versions (None where not installed), for metadata files."""
-    import sys
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out

@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
-from skiporacle.eval.model import num_layers
 from skiporacle.eval.generate import encode_prompts, left_pad, plan_batches, prefill
-from skiporacle.eval.teacher import teacher_forced_hidden
+from skiporacle.eval.model import num_layers
+from skiporacle.eval.teacher_forcing import teacher_forced_hidden
 
 
 @torch.inference_mode()

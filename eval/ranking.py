@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.files import write_json_atomic
 from skiporacle.eval.importance import measure_importance
-from skiporacle.oracle.records import write_json_atomic
-from skiporacle.oracle.setup import load_model_cached
 
 
 def read_ranking(path: Path, model_name: str, num_layers: int) -> dict:
@@ -29,14 +28,14 @@ def read_ranking(path: Path, model_name: str, num_layers: int) -> dict:
     return stored
 
 
-def cached_drop_order(path: Path, model_name: str, dtype: str, ids: list[str], prompts: list[str],
+def cached_drop_order(path: Path, model, tokenizer, model_name: str, ids: list[str], prompts: list[str],
                       max_new_tokens: int, progress: bool) -> tuple[int, ...]:
-    """The importance drop order measured on `prompts`, read from `path` if it was measured there on the same ids."""
+    """The importance drop order of `model` (named `model_name`) measured on `prompts`, read from `path`
+    if it was measured there on the same ids."""
     if path.exists():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored["calibration_ids"] == ids and stored.get("model", model_name) == model_name:
             return tuple(stored["drop_order"])
-    model, tokenizer = load_model_cached(model_name, dtype)
     ranking = measure_importance(model, tokenizer, prompts, max_new_tokens, progress)
     write_json_atomic(
         path,

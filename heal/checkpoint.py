@@ -9,13 +9,13 @@ a fixed function of (seed, step) (see `distil.batch_at`).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.files import refuse_other_settings, write_atomic
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -45,12 +45,7 @@ def save_checkpoint(partial: Path, settings: dict, student, optimizer, losses: l
         "seconds": seconds,
         "rng": rng_state(),
     }
-    tmp = partial / f".{CHECKPOINT}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, partial / CHECKPOINT)
+    write_atomic(partial / CHECKPOINT, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(partial: Path, settings: dict) -> dict | None:
@@ -64,10 +59,7 @@ def load_checkpoint(partial: Path, settings: dict) -> dict | None:
         return None
     state = torch.load(path, weights_only=False)
     stored, now = {**state["settings"], "steps": None}, {**settings, "steps": None}
-    diff = [k for k in now if stored.get(k) != now[k]]
-    if diff:
-        raise BadInput(f"--resume: {str(partial)!r} was made with different settings ({diff[0]}: "
-                       f"{stored.get(diff[0])!r} there, {now[diff[0]]!r} now)")
+    refuse_other_settings(partial, stored, now, list(now))
     if len(state["losses"]) > settings["steps"]:
         raise BadInput(f"--resume: the checkpoint is past step {settings['steps']} already")
     return state

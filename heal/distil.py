@@ -21,7 +21,7 @@ from __future__ import annotations
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,30 +31,11 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from skiporacle.data.errors import BadInput
-from skiporacle.eval.model import package_versions
+from skiporacle.data.files import package_versions
 from skiporacle.heal.checkpoint import load_checkpoint, restore, save_checkpoint
 from skiporacle.heal.student import build_student, save_variant
-from skiporacle.heal.texts import DEFAULT_SOURCES, HealText, heal_examples, heal_texts, pad_batch, split_holdout
-
-
-@dataclass(frozen=True)
-class HealSettings:
-    """Everything that determines a heal run's result (a resume must match all but `steps`)."""
-
-    model: str
-    layers: tuple[int, ...]
-    spec: str
-    steps: int
-    learning_rate: float = 3e-4
-    batch_size: int = 4  # windows per step
-    seq_len: int = 256  # tokens per window
-    bf16: bool = False  # bfloat16 autocast for teacher and student (weights and optimiser stay float32)
-    lora_rank: int = 0  # 0 = full fine-tuning of the kept layers
-    seed: int = 0
-    sources: tuple[str, ...] = DEFAULT_SOURCES
-    examples: int = 200  # last rows of each source task
-    holdout: int = 16  # windows kept out of training to measure KL
-    checkpoint_every: int = 25
+from skiporacle.heal.settings import HealSettings
+from skiporacle.heal.texts import HealText, heal_examples, heal_texts, pad_batch, split_holdout
 
 
 def kl_per_token(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

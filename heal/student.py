@@ -11,7 +11,6 @@ folder with that name is always complete.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import warnings
@@ -22,7 +21,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.model import decoder_layers, layer_path, sliced_config
-from skiporacle.search.spaces import HEAL_METADATA
+from skiporacle.heal.variants import write_heal_metadata
 
 
 def build_student(base: PreTrainedModel, layers: tuple[int, ...], lora_rank: int = 0) -> PreTrainedModel:
@@ -76,5 +75,5 @@ def save_variant(student: PreTrainedModel, tokenizer, metadata: dict, out: Path)
         parameter.requires_grad = False
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / HEAL_METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    write_heal_metadata(tmp, metadata)
     os.replace(tmp, out)

@@ -24,7 +24,6 @@ from skiporacle.data.fingerprint import content_hash
 from skiporacle.data.prompts import fit_prompt
 from skiporacle.data.tasks import Example, Task, load_task
 
-DEFAULT_SOURCES = ("xsum", "samsum")
 T = TypeVar("T")
 
 

@@ -1,8 +1,9 @@
 """Oracles over a score matrix: per-sequence rules and the exact budgeted knapsack.
 
 Inputs are plain arrays: scores [N, K] (0-100), costs [K] (layers per
-generated token, integers), and the full model's scores [N].  Candidate K-1 is
-conventionally the full model itself, so every sequence has a feasible choice.
+generated token, integers), and the full model's scores [N].  Column `FULL`
+(the last) is the full model itself, so every sequence has a feasible choice:
+this module is the one place that says so (`RunTable` builds tables that way).
 """
 
 from __future__ import annotations
@@ -11,6 +12,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+
+FULL = -1  # the full model's column in every [N, K] table of a run
+
+
+def or_full(choice: np.ndarray, costs: Sequence[int]) -> np.ndarray:
+    """Chosen columns, with the full model's where nothing was chosen (-1)."""
+    return np.where(choice >= 0, choice, len(costs) + FULL)
 
 
 def cheapest_matching(scores: np.ndarray, costs: Sequence[int], full: np.ndarray, tolerance: float) -> np.ndarray:

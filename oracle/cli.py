@@ -10,11 +10,14 @@ import os
 import sys
 
 from skiporacle.data.errors import BadInput
-from skiporacle.oracle.stats import RESAMPLES
 from skiporacle.data.tasks import max_new_tokens_defaults
+from skiporacle.heal.settings import DEFAULTS as HEAL
+from skiporacle.oracle.candidates import spaces_help
+from skiporacle.oracle.settings import DEFAULTS
+from skiporacle.oracle.stats import RESAMPLES
 
-DEFAULT_BUDGETS = "8,12,16,20,24,26,28,29"
-DEFAULT_SPACES = "uniform,early-exit,importance"
+DEFAULT_BUDGETS = ",".join(map(str, DEFAULTS.budgets))
+DEFAULT_SPACES = ",".join(DEFAULTS.spaces)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,14 +27,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--task", default="xsum",
-                   help="registered task: xsum, cnndm, samsum, alpaca, self-instruct, gsm8k, wmt22:SRC-TGT (default: xsum)")
+    g.add_argument("--task", default=DEFAULTS.task,
+                   help=f"registered task: xsum, cnndm, samsum, alpaca, self-instruct, gsm8k, wmt22:SRC-TGT (default: {DEFAULTS.task})")
     g.add_argument("--data", metavar="FILE", help="a local JSONL/JSON/CSV/Parquet file or saved `datasets` folder instead of --task")
     g.add_argument("--input-field", help="with --data: the field holding the input text")
     g.add_argument("--reference-field", help="with --data: the field holding the reference text(s)")
     g.add_argument("--id-field", help="with --data: the field holding a unique id (default: row number)")
-    g.add_argument("--limit", type=int, default=50, help="number of sequences (default: 50)")
-    g.add_argument("--offset", type=int, default=0, help="skip this many sequences first (default: 0)")
+    g.add_argument("--limit", type=int, default=DEFAULTS.limit, help=f"number of sequences (default: {DEFAULTS.limit})")
+    g.add_argument("--offset", type=int, default=DEFAULTS.offset, help=f"skip this many sequences first (default: {DEFAULTS.offset})")
     g.add_argument("--instruction", metavar="TEXT",
                    help=("chat models: the instruction put before each input, instead of the task's "
                          "(with --data: 'Respond to the following input.')"))
@@ -42,22 +45,23 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and decoding")
-    g.add_argument("--model", default="smollm2-135m",
-                   help="embedded model name (smollm2-135m) or a local Hugging Face model folder (default: smollm2-135m)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and compute (default: float32)")
+    g.add_argument("--model", default=DEFAULTS.model,
+                   help=f"embedded model name (smollm2-135m) or a local Hugging Face model folder (default: {DEFAULTS.model})")
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default=DEFAULTS.dtype,
+                   help=f"weights and compute (default: {DEFAULTS.dtype})")
     defaults = ", ".join(f"{name} {n}" for name, n in max_new_tokens_defaults().items())
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"greedy tokens per sequence at most (default: the task's: {defaults})")
     g.add_argument("--metric", default=None,
                    help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
-    g.add_argument("--batch-size", type=int, default=0,
+    g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help="most sequences per batch (default 0: chosen from model and prompt sizes)")
     g.add_argument("--prompt-under-allocation", action="store_true",
                    help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
 
 
 def _add_first_token(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--first-token", choices=("allocation", "full"), default="allocation",
+    p.add_argument("--first-token", choices=("allocation", "full"), default=DEFAULTS.first_token,
                    help=("who predicts the first generated token. allocation (default): the full model reads the prompt "
                          "but its last token, and the allocation reads that token and predicts every generated token. "
                          "full: the full model reads the whole prompt and predicts the first generated token; the "
@@ -88,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(KL at every position) on texts from the last rows of --sources, then save it as a local "
                              "model folder with heal.json.  Ctrl-C or a kill loses at most --checkpoint-every steps: "
                              "--resume continues to the same result as an uninterrupted run."))
-    hea.add_argument("--model", default="smollm2-135m", help="embedded model name or local HF folder (default: smollm2-135m)")
+    hea.add_argument("--model", default=DEFAULTS.model, help=f"embedded model name or local HF folder (default: {DEFAULTS.model})")
     hea.add_argument("--layers", required=True,
                      help="allocation to heal: importance:N (N layers kept by the importance order), uniform:N, "
                           "exit:L, or a list like 0-10,12,15-29")
@@ -96,16 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     hea.add_argument("--out", required=True, help="folder of the healed variant, e.g. models/heal-24 (must not exist)")
     hea.add_argument("--lr", type=float, default=None,
                      help="AdamW learning rate, constant (default: 3e-4, or 3e-3 with --lora; the best of 3 tried)")
-    hea.add_argument("--batch-size", type=int, default=4, help="windows per step (default: 4)")
-    hea.add_argument("--seq-len", type=int, default=256, help="tokens per window (default: 256)")
+    hea.add_argument("--batch-size", type=int, default=HEAL.batch_size, help=f"windows per step (default: {HEAL.batch_size})")
+    hea.add_argument("--seq-len", type=int, default=HEAL.seq_len, help=f"tokens per window (default: {HEAL.seq_len})")
     hea.add_argument("--bf16", action="store_true", help="bfloat16 autocast (~1.6x faster on CPU; weights stay float32)")
-    hea.add_argument("--lora", type=int, default=0, metavar="RANK", help="train LoRA adapters of this rank instead of all weights (needs peft)")
-    hea.add_argument("--seed", type=int, default=0, help="seed of the data order and LoRA init (default: 0)")
-    hea.add_argument("--sources", default="xsum,samsum", help="tasks whose last rows give the training texts (default: xsum,samsum)")
-    hea.add_argument("--examples", type=int, default=200, help="last rows taken from each source task (default: 200)")
-    hea.add_argument("--holdout", type=int, default=16, help="windows kept out of training to measure KL (default: 16)")
+    hea.add_argument("--lora", type=int, default=HEAL.lora_rank, metavar="RANK", help="train LoRA adapters of this rank instead of all weights (needs peft)")
+    hea.add_argument("--seed", type=int, default=HEAL.seed, help=f"seed of the data order and LoRA init (default: {HEAL.seed})")
+    hea.add_argument("--sources", default=",".join(HEAL.sources),
+                     help=f"tasks whose last rows give the training texts (default: {','.join(HEAL.sources)})")
+    hea.add_argument("--examples", type=int, default=HEAL.examples, help=f"last rows taken from each source task (default: {HEAL.examples})")
+    hea.add_argument("--holdout", type=int, default=HEAL.holdout, help=f"windows kept out of training to measure KL (default: {HEAL.holdout})")
     hea.add_argument("--calibration", type=int, default=8, help="with importance:N, examples that rank the layers (default: 8)")
-    hea.add_argument("--checkpoint-every", type=int, default=25, help="steps between checkpoints (default: 25)")
+    hea.add_argument("--checkpoint-every", type=int, default=HEAL.checkpoint_every,
+                     help=f"steps between checkpoints (default: {HEAL.checkpoint_every})")
     hea.add_argument("--resume", action="store_true", help="continue the interrupted run of --out from its last checkpoint")
 
     orc = sub.add_parser("oracle", help="score every candidate allocation on every sequence and pick the oracle's choice",
@@ -115,18 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_first_token(orc)
     g = orc.add_argument_group("search")
     g.add_argument("--space", default=DEFAULT_SPACES,
-                   help=("comma-separated spaces: uniform, early-exit, random, importance, file:PATH, healed[:FOLDER] "
-                         f"(healed variants in FOLDER, default models/) (default: {DEFAULT_SPACES})"))
+                   help=f"comma-separated spaces. {spaces_help()} (default: {DEFAULT_SPACES})")
     g.add_argument("--budgets", default=DEFAULT_BUDGETS, help=f"layers kept per generated token (default: {DEFAULT_BUDGETS})")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random space (default: 0)")
-    g.add_argument("--calibration", type=int, default=8,
-                   help="sequences after the evaluated ones used to rank layer importance (default: 8)")
+    g.add_argument("--seed", type=int, default=DEFAULTS.seed, help=f"seed of the random space (default: {DEFAULTS.seed})")
+    g.add_argument("--calibration", type=int, default=DEFAULTS.calibration,
+                   help=f"sequences after the evaluated ones used to rank layer importance (default: {DEFAULTS.calibration})")
     g.add_argument("--importance", metavar="FILE",
                    help=("take the importance order from FILE (an importance.json written by `skiporacle rank` or by "
                          "another run) instead of ranking layers on the calibration rows, so that importance:B names "
                          "the same layers in every run"))
-    g.add_argument("--tolerance", type=float, default=0.0,
-                   help="rule oracle: a candidate matches if its score >= full score - tolerance (default: 0)")
+    g.add_argument("--tolerance", type=float, default=DEFAULTS.tolerance,
+                   help=f"rule oracle: a candidate matches if its score >= full score - tolerance (default: {DEFAULTS.tolerance:g})")
     g = orc.add_argument_group("run")
     g.add_argument("--out", default="runs/default", help="run folder (default: runs/default)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out; ids already done are skipped")
@@ -179,12 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     dmp.add_argument("--format", choices=("csv", "parquet"), default="csv", help="table format (default: csv)")
     dmp.add_argument("--output", help="output file (default: RUN/allocations.csv or .parquet)")
 
-    cur = sub.add_parser("curves", help="compute-vs-quality curves of a run (curves.csv, curves.png, similarity.png)",
+    cur = sub.add_parser("curves", help="compute-vs-quality curves of a run (curves.csv, curves.png; similarity.png with --similarity)",
                          description="Plot mean score against mean %% of layers per generated token, with 95 %% bootstrap bands.")
     cur.add_argument("--run", required=True, help="run folder")
     cur.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples (default: {RESAMPLES})")
-    cur.add_argument("--similarity", type=int, default=16,
-                     help="sequences used for similarity.png (0 to skip; default: 16)")
+    cur.add_argument("--similarity", type=int, default=0, metavar="N",
+                     help=("also run the model on N sequences for similarity.png, the hidden-state similarity study "
+                           "(default: 0, the model is not run; `make curves` passes 16)"))
 
     rep = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)",
                          description=("Write a single HTML file that opens from disk: settings, headline figures with "
@@ -201,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     try:
-        from skiporacle.oracle import commands
+        from skiporacle.oracle import commands, run_commands
 
-        return getattr(commands, args.command)(args)
+        return (getattr(commands, args.command, None) or getattr(run_commands, args.command))(args)
     except BadInput as err:
         print(f"skiporacle: error: {err}", file=sys.stderr)
         return 2

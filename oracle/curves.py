@@ -1,4 +1,4 @@
-"""Compute-vs-quality curves of a run, and the hidden-state similarity figure.
+"""Compute-vs-quality curves of a run, and the figure of the similarity study (`eval/similarity.py`).
 
 x is the mean % of decoder layers per generated token, y the mean metric.
 Bands are 95 % percentile bootstrap intervals over sequences.
@@ -14,16 +14,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from skiporacle.eval.model import num_layers  # noqa: E402
-from skiporacle.eval.teacher import final_hidden, teacher_forced_passes  # noqa: E402
+from skiporacle.oracle.candidates import static_series  # noqa: E402
+from skiporacle.oracle.choose import KnapsackCurve  # noqa: E402
 from skiporacle.oracle.frontier import best_totals, frontiers  # noqa: E402
-from skiporacle.oracle.select import KnapsackCurve, cheapest_identical, cheapest_matching, knapsack  # noqa: E402
 from skiporacle.oracle.splitref import has_split, held_out_curve, split_scores  # noqa: E402
 from skiporacle.oracle.stats import RESAMPLES, interval, mean_ci, resample_rows  # noqa: E402
-from skiporacle.oracle.summary import score_matrix, space_of, training_free_columns  # noqa: E402
-from skiporacle.search.allocation import early_exit, uniform  # noqa: E402
+from skiporacle.oracle.table import RunTable  # noqa: E402
 
 FIELDS = ("series", "spec", "percent_layers", "mean_score", "low", "high")
 
@@ -38,8 +35,9 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int = RESAMPLES
     score with references[0]), `knapsack-split-reference` (choose with references[0], score with the
     others), `rule-split-reference` and `full-split-reference` (the full model on the others).
     """
-    specs, costs, scores, identical, full = score_matrix(records)
-    n, n_layers = len(records), costs[-1]
+    table = RunTable.from_records(records)
+    specs, costs, scores, full = table.specs, table.costs, table.scores, table.full_scores
+    n, n_layers = len(records), table.num_layers
     boot = resample_rows([r["id"] for r in records], seed, resamples)
     rows = []
 
@@ -55,23 +53,21 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int = RESAMPLES
             rows.append({"series": series, "spec": f"budget:{m:g}", "percent_layers": 100 * m / n_layers,
                          "mean_score": y, "low": float(lo), "high": float(hi)})
 
-    for k, (spec, cost) in enumerate(zip(specs[:-1], costs[:-1])):
-        point(space_of(spec), spec, cost, scores[:, k])
+    for k, (spec, space, cost) in enumerate(zip(specs, table.spaces, costs)):
+        if k != table.full_column:
+            point(space, spec, cost, scores[:, k])
     point("full", "all", n_layers, full)
-    for series, choice in (("rule", cheapest_matching(scores, costs, full, tolerance)),
-                           ("rule-exact", cheapest_identical(identical, scores, costs))):
-        chosen = np.where(choice >= 0, choice, len(costs) - 1)
-        mean_layers = float(np.mean([costs[k] for k in chosen]))
-        point(series, series, mean_layers, scores[np.arange(n), chosen])
-    training_free = training_free_columns(specs)
-    subsets = [("knapsack", list(range(len(specs))))]
+    for series, choice in (("rule", table.rule(tolerance)), ("rule-exact", table.exact_rule())):
+        mean_layers = float(np.mean(table.chosen_layers(choice)))
+        point(series, series, mean_layers, scores[np.arange(n), table.or_full(choice)])
+    training_free = table.training_free_columns()
+    subsets = [("knapsack", table)]
     if len(training_free) < len(specs):  # healed candidates present: also the curve without them
-        subsets.append(("knapsack-training-free", training_free))
-    for series, columns in subsets:
-        sub_scores, sub_costs = scores[:, columns], [costs[k] for k in columns]
-        fr = frontiers(sub_scores, sub_costs)
-        boots = [KnapsackCurve(best_totals(fr, r, max(sub_costs)), n) for r in boot]
-        points = knapsack(sub_scores, sub_costs).points(n_layers)
+        subsets.append(("knapsack-training-free", table.subset(training_free)))
+    for series, sub in subsets:
+        fr = frontiers(sub.scores, sub.costs)
+        boots = [KnapsackCurve(best_totals(fr, r, max(sub.costs)), n) for r in boot]
+        points = sub.knapsack().points(n_layers)
         curve(series, points, [[b.mean_score_at(m) for m, _ in points] for b in boots])
     if metric is not None and has_split(records):
         first, others = split_scores(records, metric, out)
@@ -81,11 +77,11 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int = RESAMPLES
         for series, part in (("knapsack-first-reference", 0), ("knapsack-split-reference", 1)):
             curve(series, [(p[0], p[1 + part]) for p in grid],
                   [[s.get(p[0], (np.nan, np.nan))[part] for p in grid] for s in samples])
-        choice = cheapest_matching(first, costs, first[:, -1], tolerance)
-        chosen = np.where(choice >= 0, choice, len(costs) - 1)
-        point("rule-split-reference", "rule-split-reference", float(np.mean([costs[k] for k in chosen])),
-              others[everyone, chosen])
-        point("full-split-reference", "all", n_layers, others[:, -1])
+        first_table = RunTable(specs, costs, first, table.identical)
+        choice = first_table.rule(tolerance)
+        point("rule-split-reference", "rule-split-reference", float(np.mean(first_table.chosen_layers(choice))),
+              others[everyone, first_table.or_full(choice)])
+        point("full-split-reference", "all", n_layers, others[:, table.full_column])
     return rows
 
 
@@ -103,8 +99,8 @@ def write_curves(out: Path, records: list[dict], settings: dict, resamples: int 
               "healed-base": "static healed variants' layers, base weights",
               "knapsack-first-reference": "knapsack oracle, chosen and scored with reference 1",
               "knapsack-split-reference": "knapsack oracle, chosen with reference 1, scored with the others"}
-    for series in ("uniform", "early-exit", "importance", "random", "file", "healed-base", "healed", "knapsack",
-                   "knapsack-training-free", "knapsack-first-reference", "knapsack-split-reference"):
+    for series in static_series() + ["knapsack", "knapsack-training-free", "knapsack-first-reference",
+                                     "knapsack-split-reference"]:
         pts = sorted((r for r in rows if r["series"] == series), key=lambda r: r["percent_layers"])
         if not pts:
             continue
@@ -136,25 +132,6 @@ def write_curves(out: Path, records: list[dict], settings: dict, resamples: int 
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
     return csv_path, png_path
-
-
-def similarity(model, tokenizer, records: list[dict], budgets: list[int]) -> dict[str, list[tuple[int, float]]]:
-    """Mean cosine similarity of the final hidden state to the full model's, teacher-forced on the full output.
-
-    Returns {"uniform": [(layers, cosine)], "early-exit": [...]} for each budget.
-    """
-    n_layers = num_layers(model)
-    kept = [r for r in records if r["full"]["token_ids"]]
-    allocations = [uniform(n_layers, n_layers)]
-    allocations += [uniform(b, n_layers) for b in budgets] + [early_exit(b, n_layers) for b in budgets]
-    hidden = teacher_forced_passes(model, tokenizer, [r["prompt"] for r in kept],
-                                   [r["full"]["token_ids"] for r in kept], allocations, final_hidden)
-    result: dict[str, list[tuple[int, float]]] = {"uniform": [], "early-exit": []}
-    for a, allocation in enumerate(allocations[1:], start=1):
-        cos = torch.cat([torch.nn.functional.cosine_similarity(row[a], row[0], dim=-1) for row in hidden])
-        result["uniform" if allocation.spec.startswith("uniform") else "early-exit"].append(
-            (allocation.cost, float(cos.mean())))
-    return result
 
 
 def write_similarity(out: Path, sims: dict[str, list[tuple[int, float]]], n_layers: int, title: str) -> Path:

@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from skiporacle.oracle.choose import FULL
+
 SLACK = 1e-6  # on total scores, as KnapsackCurve.layers_to_reach
 
 
@@ -43,7 +45,7 @@ def frontiers(scores: np.ndarray, costs: Sequence[int], match: np.ndarray | None
     `match` [N] (default: the last column, the full model) sets `match_cost`; every row needs a finite score.
     """
     costs = np.asarray(costs, dtype=int)
-    match = scores[:, -1] if match is None else match
+    match = scores[:, FULL] if match is None else match
     cols, offs, gains, base_cost, base_score, match_cost = [], [], [], [], [], []
     for i, row in enumerate(scores):
         order = sorted((k for k in range(len(costs)) if np.isfinite(row[k])), key=lambda k: (costs[k], -row[k], k))

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.files import read_json_object
+from skiporacle.oracle.choose import FULL, cheapest_matching, or_full
 from skiporacle.oracle.plausibility import PLAUSIBILITY
-from skiporacle.oracle.records import read_json_object
-from skiporacle.oracle.select import cheapest_matching
 from skiporacle.oracle.stats import knapsack_stats, mean_ci, paired, rule_stats
 
 
@@ -34,7 +34,7 @@ def _nll(value, where: str) -> float | None:
 
 
 def plausible_mask(records: list[dict], plausibility: dict, margin: float) -> np.ndarray:
-    """Plausible [N, K] (bool), columns as `summary.score_matrix`'s, the full model (last) always True.
+    """Plausible [N, K] (bool), columns as `RunTable`'s, the full model (last) always True.
 
     BadInput if a record's id or one of its candidate specs is missing from `plausibility`, or an NLL
     or the margin is not a number.
@@ -83,15 +83,15 @@ def guarded(records: list[dict], plausibility: dict, scores: np.ndarray, costs: 
     The unguarded knapsack's % of layers at full quality (point, and per resample of `boot` [R]) and the
     unguarded rule's choices [N] give the paired differences guarded - unguarded.
     """
-    n_layers = costs[-1]
+    n_layers = costs[FULL]
     margin = plausibility["margin"]
     mask = plausible_mask(records, plausibility, margin)
     kept = np.where(mask, scores, -np.inf)
-    choice = cheapest_matching(kept, costs, scores[:, -1], tolerance)
+    choice = cheapest_matching(kept, costs, scores[:, FULL], tolerance)
     knap, percents = knapsack_stats(kept, costs, boot, n_layers)
     rule = rule_stats(choice, scores, costs, n_layers, tolerance, tokens, boot)
-    before = np.where(unguarded_rule >= 0, unguarded_rule, len(costs) - 1)
-    after = np.where(choice >= 0, choice, len(costs) - 1)
+    before = or_full(unguarded_rule, costs)
+    after = or_full(choice, costs)
     layer_gap = np.asarray(costs, dtype=float)[after] - np.asarray(costs, dtype=float)[before]
     point = knap["percent_layers_at_full_quality"]
     return {

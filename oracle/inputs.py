@@ -1,29 +1,21 @@
-"""Inputs of a run: the model (loaded once per process) and the prompts of the evaluated and calibration splits."""
+"""Inputs of a run: the model, loaded by name, and the prompts of the evaluated and calibration splits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import torch
 
 from skiporacle.data.errors import BadInput
-from skiporacle.data.prompts import fit_prompt
+from skiporacle.data.prompts import fit_prompt, prompt_budget
 from skiporacle.data.tasks import Example, Task, check_prompt_options, load_file, load_task
 from skiporacle.eval.model import load_model, num_layers
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def prompt_budget(model, tokenizer, max_new_tokens: int) -> tuple[int, int]:
-    """(context length, most prompt tokens that leave room for `max_new_tokens`), in tokens."""
-    context = getattr(model.config.get_text_config(), "max_position_embeddings", None) or tokenizer.model_max_length
-    return context, context - max_new_tokens
-
-
-@lru_cache(maxsize=2)
-def load_model_cached(name: str, dtype: str):
-    """(model, tokenizer), loaded once per process: joblib and Dask workers reuse it across batches."""
+def load_named_model(name: str, dtype: str):
+    """(model, tokenizer) of a model name or folder, in the dtype named by `--dtype`."""
     return load_model(name, DTYPES[dtype])
 
 
@@ -59,14 +51,14 @@ def load_examples(settings, limit: int, offset: int) -> tuple[Task, list[Example
     return replace(task, instruction=instruction or task.instruction, template=template or task.template), examples
 
 
-def load_inputs(settings) -> RunInputs:
-    """Load the evaluated examples and, after them, up to `settings.calibration` disjoint calibration examples."""
+def load_inputs(settings, model, tokenizer) -> RunInputs:
+    """Load the evaluated examples and, after them, up to `settings.calibration` disjoint calibration examples,
+    as prompts fitted to `model`'s context."""
     task, examples = load_examples(settings, settings.limit, settings.offset)
     try:
         _, calibration = load_examples(settings, settings.calibration, settings.offset + settings.limit)
     except BadInput:  # no examples left after the evaluated ones
         calibration = []
-    model, tokenizer = load_model_cached(settings.model, settings.dtype)
     chat = getattr(tokenizer, "chat_template", None) is not None
     if getattr(settings, "template", None) and chat:
         raise BadInput(f"--template is for base models; {settings.model} has a chat template: use --instruction")

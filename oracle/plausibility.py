@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from skiporacle.data.errors import BadInput
-from skiporacle.oracle.records import load_run, write_json_atomic
+from skiporacle.data.files import write_json_atomic
+from skiporacle.oracle.records import load_run
 
 PLAUSIBILITY = "plausibility.json"
 DEFAULT_MARGIN = 2.0  # nats/token: the review counted outputs this far above the full output's as degenerate

@@ -18,36 +18,12 @@ from pathlib import Path
 from typing import Iterable
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.files import refuse_other_settings, write_json_atomic
 
 ALLOCATIONS = "allocations.jsonl"
 SETTINGS = "settings.json"
 SUMMARY = "summary.json"
 IMPORTANCE = "importance.json"
-
-
-def write_json_atomic(path: Path, value: object) -> None:
-    """Write JSON to path via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json_object(path: Path) -> dict | None:
-    """A JSON object stored in the run folder, or None when the file does not exist (BadInput if it is
-    not readable JSON or not an object)."""
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BadInput(f"{str(path)!r} is not readable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise BadInput(f"{str(path)!r} is not a JSON object")
-    return data
 
 
 def check_writable(out: Path) -> None:
@@ -77,12 +53,7 @@ def open_run(out: Path, settings: dict, resume: bool) -> set[str]:
         raise BadInput(f"{str(out)!r} already holds a run; pass --resume to continue it, or choose another --out")
     if resume and stored_path.exists():
         stored = json.loads(stored_path.read_text(encoding="utf-8"))
-        diff = [k for k in sorted(set(stored) | set(settings)) if k != "candidates" and stored.get(k) != settings.get(k)]
-        if diff:
-            k = diff[0]
-            raise BadInput(
-                f"--resume: {str(out)!r} was made with different settings ({k}: {stored.get(k)!r} there, {settings.get(k)!r} now)"
-            )
+        refuse_other_settings(out, stored, settings, [k for k in sorted(set(stored) | set(settings)) if k != "candidates"])
     check_writable(out)
     if not resume or not stored_path.exists():
         (out / IMPORTANCE).unlink(missing_ok=True)

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 from skiporacle.data.errors import BadInput
-from skiporacle.oracle.records import load_run, read_json_object
+from skiporacle.data.files import read_json_object
+from skiporacle.oracle.records import load_run
 from skiporacle.oracle.report_figures import controller_block, fmt, headline
 
 REPORT = "report.html"

@@ -22,10 +22,10 @@ from typing import Sequence
 
 import numpy as np
 
+from skiporacle.data.files import write_json_atomic
 from skiporacle.eval.metrics import sequence_scores
+from skiporacle.oracle.choose import FULL, cheapest_matching, or_full
 from skiporacle.oracle.frontier import SLACK, chosen_totals, frontiers
-from skiporacle.oracle.records import write_json_atomic
-from skiporacle.oracle.select import cheapest_matching
 from skiporacle.oracle.stats import interval, knapsack_stats, mean_ci, paired, rule_stats
 
 SPLIT_SCORES = "split_scores.json"  # cache of the re-scored outputs: ROUGE against 10 references is slow
@@ -98,31 +98,31 @@ def split_reference(first: np.ndarray, others: np.ndarray, costs: Sequence[int],
     """The `split_reference` block of summary.json (see the module docstring), intervals over `boot`."""
     n = len(first)
     everyone = np.arange(n)
-    choice = cheapest_matching(first, costs, first[:, -1], tolerance)
+    choice = cheapest_matching(first, costs, first[:, FULL], tolerance)
     inside, in_percents = knapsack_stats(first, costs, boot, n_layers)
     held_rule = rule_stats(choice, others, costs, n_layers, tolerance, tokens, boot)
-    chosen = np.where(choice >= 0, choice, len(costs) - 1)
-    lag = others[everyone, chosen] - others[:, -1]
+    chosen = or_full(choice, costs)
+    lag = others[everyone, chosen] - others[:, FULL]
     held_rule.update({"mean_score_minus_full": float(lag.mean()), "mean_score_minus_full_ci95": mean_ci(lag, boot)})
     point = held_out_reach(first, others, costs, everyone)
     samples = [held_out_reach(first, others, costs, rows) for rows in boot]
     # A resample on which no budget reaches full quality counts as needing every layer (censored at 100 %).
     percents = np.array([100.0 if s is None else 100 * s / n_layers for s in samples])
-    gain = others[everyone, _cheapest_best(first, costs)] - others[:, -1]
-    in_gain = first.max(axis=1) - first[:, -1]
+    gain = others[everyone, _cheapest_best(first, costs)] - others[:, FULL]
+    in_gain = first.max(axis=1) - first[:, FULL]
     curve = held_out_curve(first, others, costs, everyone, n_layers)
     return {
         "choose_with": "references[0]",
         "evaluate_with": "references[1:]",
         "in_sample": {
-            "full_mean_score": float(first[:, -1].mean()),
-            "full_mean_score_ci95": mean_ci(first[:, -1], boot),
+            "full_mean_score": float(first[:, FULL].mean()),
+            "full_mean_score_ci95": mean_ci(first[:, FULL], boot),
             "rule": rule_stats(choice, first, costs, n_layers, tolerance, tokens, boot),
             "knapsack": inside,
         },
         "held_out": {
-            "full_mean_score": float(others[:, -1].mean()),
-            "full_mean_score_ci95": mean_ci(others[:, -1], boot),
+            "full_mean_score": float(others[:, FULL].mean()),
+            "full_mean_score_ci95": mean_ci(others[:, FULL], boot),
             "rule": held_rule,
             "knapsack": {
                 "layers_at_full_quality": point,

@@ -15,8 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from skiporacle.oracle.choose import FULL, knapsack, or_full
 from skiporacle.oracle.frontier import frontiers, reach
-from skiporacle.oracle.select import knapsack
 
 RESAMPLES = 200  # every bootstrap of the package: summary.json intervals and curves.csv bands
 LOW, HIGH = 2.5, 97.5
@@ -48,7 +48,7 @@ def paired(estimate: float | None, samples_a: np.ndarray, samples_b: np.ndarray)
 
 
 def token_matrix(records: list[dict]) -> np.ndarray:
-    """Generated tokens [N, K] of every candidate's output, the full model last (as `summary.score_matrix`)."""
+    """Generated tokens [N, K] of every candidate's output, the full model last (columns as `RunTable`'s)."""
     return np.array([[c["tokens"] for c in r["candidates"]] + [r["full"]["tokens"]] for r in records], dtype=float)
 
 
@@ -63,7 +63,7 @@ def layer_token_percents(chosen: np.ndarray, costs: Sequence[int], tokens: np.nd
     rows = np.arange(len(chosen))
     used = tokens[rows, chosen]
     layer_tokens = float((np.asarray(costs, dtype=float)[chosen] * used).sum())
-    total, full_total = float(used.sum()), float(tokens[:, -1].sum())
+    total, full_total = float(used.sum()), float(tokens[:, FULL].sum())
     return {"percent_layer_tokens": 100 * layer_tokens / (total * n_layers) if total else None,
             "percent_of_full_layer_tokens": 100 * layer_tokens / (full_total * n_layers) if full_total else None}
 
@@ -76,7 +76,7 @@ def rule_stats(choice: np.ndarray, scores: np.ndarray, costs: Sequence[int], n_l
     `mean_percent_layers_per_sequence` repeats `mean_percent_layers` under the name that sets it
     apart from the token-weighted figure.
     """
-    chosen = np.where(choice >= 0, choice, len(costs) - 1)
+    chosen = or_full(choice, costs)
     layers = np.asarray(costs, dtype=float)[chosen]
     picked = scores[np.arange(len(chosen)), chosen]
     stats = {
@@ -124,10 +124,10 @@ def knapsack_stats(scores: np.ndarray, costs: Sequence[int], rows: np.ndarray, n
     (each sequence's best candidate; >= 0 in-sample by construction), with its interval.
     """
     curve = knapsack(scores, costs)
-    point = curve.layers_to_reach(float(scores[:, -1].mean()))
+    point = curve.layers_to_reach(float(scores[:, FULL].mean()))
     samples = reach_samples(scores, costs, rows, n_layers)
     percents = 100 * samples / n_layers
-    gain = np.max(scores, axis=1) - scores[:, -1]
+    gain = np.max(scores, axis=1) - scores[:, FULL]
     return {
         "layers_at_full_quality": point,
         "percent_layers_at_full_quality": None if point is None else 100 * point / n_layers,

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from skiporacle.data.errors import BadInput
+from skiporacle.data.files import package_versions
+from skiporacle.data.files import write_json_atomic
 from skiporacle.data.tasks import scored_references
 from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
-from skiporacle.eval.model import package_versions
 from skiporacle.oracle.guard import guarded, missing_sequences, read_plausibility
-from skiporacle.oracle.records import SUMMARY, load_run, write_json_atomic
-from skiporacle.oracle.select import cheapest_identical, cheapest_matching, knapsack
+from skiporacle.oracle.records import SUMMARY, load_run
 from skiporacle.oracle.splitref import has_split, split_reference, split_scores
+from skiporacle.oracle.table import RunTable
 from skiporacle.oracle.stats import (
     RESAMPLES,
     knapsack_stats,
@@ -27,32 +28,6 @@ from skiporacle.oracle.stats import (
 )
 
 
-def score_matrix(records: list[dict]) -> tuple[list[str], list[int], np.ndarray, np.ndarray, np.ndarray]:
-    """(specs, costs, scores [N, K], identical [N, K], full scores [N]); the last column is the full model."""
-    specs = [c["spec"] for c in records[0]["candidates"]] + ["all"]
-    costs = [c["cost"] for c in records[0]["candidates"]] + [records[0]["full"]["cost"]]
-    scores = np.array([[c["score"] for c in r["candidates"]] + [r["full"]["score"]] for r in records])
-    identical = np.array([[c["identical"] for c in r["candidates"]] + [True] for r in records])
-    return specs, costs, scores, identical, scores[:, -1]
-
-
-def space_of(spec: str) -> str:
-    """The space a candidate spec belongs to: uniform, early-exit, importance, random, file, healed or full.
-
-    `base:NAME`, the training-free twin of healed variant NAME, belongs to the healed space's training-free side.
-    """
-    head = spec.split(":", 1)[0]
-    return {"uniform": "uniform", "exit": "early-exit", "importance": "importance", "all": "full",
-            "healed": "healed", "base": "healed-base"}.get(
-        head, "random" if head.startswith("random") else "file"
-    )
-
-
-def training_free_columns(specs: list[str]) -> list[int]:
-    """Indices of the candidates that use the model's own weights (all but the `healed:` ones)."""
-    return [k for k, s in enumerate(specs) if space_of(s) != "healed"]
-
-
 def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) -> dict:
     """Compute the summary of the run in `out` and write summary.json.
 
@@ -60,15 +35,16 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
     position in id order (`stats.resample_rows`, the run's seed), so no figure depends on record order.
     """
     settings, records, _ = load_run(out)
-    specs, costs, scores, identical, full_scores = score_matrix(records)
-    n_layers = costs[-1]
+    table = RunTable.from_records(records)
+    specs, costs, scores, identical, full_scores = table.specs, table.costs, table.scores, table.identical, table.full_scores
+    n_layers = table.num_layers
     n = len(records)
     tolerance = settings_dict["tolerance"]
     tokens = token_matrix(records)
     boot = resample_rows([r["id"] for r in records], settings["seed"])
-    rule = cheapest_matching(scores, costs, full_scores, tolerance)
-    exact = cheapest_identical(identical, scores, costs)
-    curve = knapsack(scores, costs)
+    rule = table.rule(tolerance)
+    exact = table.exact_rule()
+    curve = table.knapsack()
     full_mean = float(full_scores.mean())
     reach = curve.layers_to_reach(full_mean)
     knap, knap_percents = knapsack_stats(scores, costs, boot, n_layers)
@@ -93,13 +69,13 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
             **{k: v for k, v in knap.items() if k.endswith("_ci95") or k.startswith("gain")},
         },
         "static": [
-            {"spec": s, "space": space_of(s), "cost": c, "percent_layers": 100 * c / n_layers,
+            {"spec": s, "space": space, "cost": c, "percent_layers": 100 * c / n_layers,
              "mean_score": float(scores[:, k].mean()), "identical_percent": float(100 * identical[:, k].mean()),
              "mean_score_ci95": mean_ci(scores[:, k], boot), "mean_percent_layers_per_sequence": 100 * c / n_layers,
              **layer_token_percents(np.full(n, k), costs, tokens, n_layers)}
-            for k, (s, c) in enumerate(zip(specs, costs))
+            for k, (s, space, c) in enumerate(zip(specs, table.spaces, costs))
         ],
-        **_training_free(specs, scores, costs, full_scores, tolerance, tokens, boot, knap, knap_percents, rule),
+        **_training_free(table, tolerance, tokens, boot, knap, knap_percents, rule),
         "full_mean_score_ci95": mean_ci(full_scores, boot),
         "full_metrics": full_metrics(records, settings["metric"], scored_references(settings["task"])),
         "bootstrap": {"resamples": RESAMPLES, "seed": settings["seed"], "interval": "95 % percentile",
@@ -154,22 +130,21 @@ def full_metrics(records: list[dict], metric: str, references_scored: int = 0) -
     return {"corpus": {m: corpus[m] for m in names}, "sequence_mean": means}
 
 
-def _training_free(specs, scores, costs, full_scores, tolerance, tokens, boot, knap, knap_percents, rule) -> dict:
+def _training_free(table: RunTable, tolerance, tokens, boot, knap, knap_percents, rule) -> dict:
     """The oracle figures again without the healed candidates, when there are any, and the paired
     differences with healed - training-free."""
-    keep = training_free_columns(specs)
-    if len(keep) == len(specs):
+    keep = table.training_free_columns()
+    if len(keep) == len(table.specs):
         return {}
-    n_layers = costs[-1]
-    kept_costs = [costs[k] for k in keep]
-    free_rule = cheapest_matching(scores[:, keep], kept_costs, full_scores, tolerance)
-    free, free_percents = knapsack_stats(scores[:, keep], kept_costs, boot, n_layers)
+    free_table = table.subset(keep)
+    n_layers = table.num_layers
+    free_rule = free_table.rule(tolerance)
+    free, free_percents = knapsack_stats(free_table.scores, free_table.costs, boot, n_layers)
     reach = free["percent_layers_at_full_quality"]
-    layers = np.array([costs[k] for k in np.where(rule >= 0, rule, len(costs) - 1)], dtype=float)
-    free_layers = np.array([kept_costs[k] for k in np.where(free_rule >= 0, free_rule, len(keep) - 1)], dtype=float)
+    layers, free_layers = table.chosen_layers(rule), free_table.chosen_layers(free_rule)
     whole = knap["percent_layers_at_full_quality"]
     return {"training_free": {
-        "rule": rule_stats(free_rule, scores[:, keep], kept_costs, n_layers, tolerance, tokens[:, keep], boot),
+        "rule": rule_stats(free_rule, free_table.scores, free_table.costs, n_layers, tolerance, tokens[:, keep], boot),
         "knapsack_percent_layers_at_full_quality": reach,
         "knapsack_percent_layers_at_full_quality_ci95": free["percent_layers_at_full_quality_ci95"],
         "paired_difference": {

@@ -2,13 +2,22 @@
 
 Whatever runs them, results come back in plan order: a batch that finishes
 early waits in a buffer until every earlier batch has been handed on, so the
-caller writes records in the same order as a single-process run.
+caller writes records in the same order as a single-process run.  A worker
+loads the model once, at its entry point (`score_in_worker`); this process
+passes its own model explicitly.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import lru_cache
 from typing import Callable, Iterable, Iterator, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from skiporacle.eval.candidates import Candidate, score_batch
+from skiporacle.oracle.inputs import load_named_model
 
 T = TypeVar("T")
 
@@ -57,3 +66,27 @@ def _unordered(fn, calls, workers, scheduler) -> Iterator[tuple[int, object]]:
 
 def _indexed(n, fn, *args):
     return n, fn(*args)
+
+
+@lru_cache(maxsize=2)
+def load_model_cached(name: str, dtype: str):
+    """(model, tokenizer), loaded once per worker process: joblib and Dask workers reuse it across batches."""
+    return load_named_model(name, dtype)
+
+
+def score_rows(model, tokenizer, settings, rows: list[list[int]], references: list[list[str]], allocations: list,
+               threads: int, progress: bool) -> list[list[Candidate]]:
+    """Score one planned batch of prompt token rows with `threads` torch threads."""
+    torch.set_num_threads(threads)
+    bar = tqdm(total=len(rows) * len(allocations), disable=not progress, unit="gen", desc="generate")
+    try:
+        return score_batch(model, tokenizer, rows, references, allocations, settings.metric, settings.max_new_tokens,
+                           settings.prompt_under_allocation, settings.first_token, bar)
+    finally:
+        bar.close()
+
+
+def score_in_worker(settings, *call) -> list[list[Candidate]]:
+    """A worker's entry point: `score_rows` with the model named by `settings`, loaded once per process."""
+    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+    return score_rows(model, tokenizer, settings, *call)

@@ -62,14 +62,14 @@ def uniform(keep: int, num_layers: int) -> Allocation:
     Layer i*num_layers/keep (rounded down) is kept for i in [0, keep); for 24
     layers and 12 kept this is 0, 2, 4, ..., 22.
     """
-    _check_budget(keep, num_layers)
+    check_budget(keep, num_layers)
     layers = tuple(sorted({(i * num_layers) // keep for i in range(keep)}))
     return Allocation(layers, num_layers, f"uniform:{keep}")
 
 
 def early_exit(exit_after: int, num_layers: int) -> Allocation:
     """Early exit after `exit_after` layers: layers [0, exit_after)."""
-    _check_budget(exit_after, num_layers)
+    check_budget(exit_after, num_layers)
     return Allocation(tuple(range(exit_after)), num_layers, f"exit:{exit_after}")
 
 
@@ -110,6 +110,7 @@ def _parse_int(text: str, spec: str) -> int:
     return int(digits)
 
 
-def _check_budget(keep: int, num_layers: int) -> None:
+def check_budget(keep: int, num_layers: int) -> None:
+    """BadInput unless 1 <= keep <= num_layers: the one range check of a layer budget."""
     if not 1 <= keep <= num_layers:
         raise BadInput(f"budget {keep} out of range: the model has {num_layers} layers (use 1-{num_layers})")

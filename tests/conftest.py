@@ -370,8 +370,9 @@ def oracle_data(tiny_llm_dir, tmp_path_factory):
     import json
 
     from skiporacle.eval.generate import generate
-    from skiporacle.oracle.run import OracleSettings
-    from skiporacle.oracle.setup import load_inputs, load_model_cached
+    from skiporacle.oracle.settings import OracleSettings
+    from skiporacle.oracle.inputs import load_inputs
+    from skiporacle.oracle.workers import load_model_cached
     from skiporacle.search.allocation import full, uniform
 
     folder = tmp_path_factory.mktemp("oracle_data")
@@ -385,7 +386,7 @@ def oracle_data(tiny_llm_dir, tmp_path_factory):
         prompt_under_allocation=False,
     )
     with one_thread():
-        inputs = load_inputs(settings)
+        inputs = load_inputs(settings, *load_model_cached(settings.model, settings.dtype))
         model, tokenizer = load_model_cached(str(tiny_llm_dir), "float32")
         whole = generate(model, tokenizer, inputs.prompts, full(NUM_LAYERS), ORACLE_MAX_NEW)
         four = generate(model, tokenizer, inputs.prompts, uniform(4, NUM_LAYERS), ORACLE_MAX_NEW)

@@ -21,8 +21,8 @@ from skiporacle.controller.evaluate import (EvalSettings, budget_curve, cross_va
                                             oracle_reach, reach, threshold_curve)
 from skiporacle.controller.fixed import nested_choices
 from skiporacle.controller.model import fit
+from skiporacle.oracle.choose import cheapest_matching, knapsack
 from skiporacle.oracle.cli import main
-from skiporacle.oracle.select import cheapest_matching, knapsack
 
 from test_cli import assert_bad, run_cli
 
@@ -214,7 +214,7 @@ def test_deployed_outputs_equal_the_engine_under_each_chosen_allocation(two_runs
     from skiporacle.controller.deploy import generate_with_controller
     from skiporacle.controller.run import load_controller
     from skiporacle.eval.generate import generate
-    from skiporacle.oracle.setup import load_model_cached
+    from skiporacle.oracle.workers import load_model_cached
     from skiporacle.search.allocation import Allocation
 
     a, _ = two_runs

@@ -205,7 +205,7 @@ def _fake_variant(folder: Path, **meta) -> None:
 
 
 def test_healed_space_lists_variants_with_twins_and_refuses_what_it_cannot_use(tmp_path):
-    from skiporacle.search.spaces import healed_space
+    from skiporacle.heal.variants import healed_space
 
     _fake_variant(tmp_path / "m" / "b")
     _fake_variant(tmp_path / "m" / "a", layers=[0, 1, 29])

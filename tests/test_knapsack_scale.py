@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
-from skiporacle.oracle.select import KnapsackCurve, _knapsack_reference, knapsack
+from skiporacle.oracle.choose import KnapsackCurve, _knapsack_reference, knapsack
 
 GRID = [8, 12, 16, 20, 24, 26, 28, 29] * 3 + [30]  # the default budgets over three spaces, full model last
 

@@ -29,14 +29,14 @@ from skiporacle.oracle.records import (
     open_run,
     read_records,
 )
-from skiporacle.oracle.select import KnapsackCurve, bootstrap_means, cheapest_identical, cheapest_matching, knapsack
+from skiporacle.oracle.candidates import parse_spaces
+from skiporacle.oracle.choose import KnapsackCurve, bootstrap_means, cheapest_identical, cheapest_matching, knapsack
 from skiporacle.search.allocation import full, uniform
 from skiporacle.search.spaces import (
     early_exit_space,
     file_space,
     importance_space,
     parse_budgets,
-    parse_spaces,
     random_space,
     uniform_space,
 )
@@ -407,7 +407,7 @@ LIMIT = 6
 
 
 def _settings(tiny_llm_dir, oracle_data):
-    from skiporacle.oracle.run import OracleSettings
+    from skiporacle.oracle.settings import OracleSettings
 
     return OracleSettings(
         model=str(tiny_llm_dir), task="file", data_file=str(oracle_data), input_field="text",
@@ -622,22 +622,24 @@ def test_oracle_refusal_does_not_write_into_existing_run(oracle_run, tmp_path):
 
 
 def test_build_candidates_errors(oracle_run, tmp_path):
-    from skiporacle.oracle.run import build_candidates
-    from skiporacle.oracle.setup import load_inputs
+    from skiporacle.oracle.candidates import build_candidates
+    from skiporacle.oracle.inputs import load_inputs
+    from skiporacle.oracle.workers import load_model_cached
 
     _, settings, _ = oracle_run
-    inputs = load_inputs(settings)
+    model = load_model_cached(settings.model, settings.dtype)
+    inputs = load_inputs(settings, *model)
     with pytest.raises(BadInput, match="budget 7 out of range"):
-        build_candidates(replace(settings, budgets=(2, 7)), inputs, tmp_path, progress=False)
+        build_candidates(replace(settings, budgets=(2, 7)), inputs, tmp_path, *model, progress=False)
     spec_file = tmp_path / "alloc.json"
     spec_file.write_text(json.dumps(["exit:2", [0, 5], "all"]))
-    got = build_candidates(replace(settings, spaces=("uniform", f"file:{spec_file}")), inputs, tmp_path, False)
+    got = build_candidates(replace(settings, spaces=("uniform", f"file:{spec_file}")), inputs, tmp_path, *model, False)
     assert [a.spec for a in got] == ["uniform:2", "uniform:4", "exit:2", "0,5", "all"]  # the file's "all" is the full model
     assert not (tmp_path / IMPORTANCE).exists()
     # Importance without calibration examples left after the evaluated ones.
     no_cal = replace(settings, limit=8)
     with pytest.raises(BadInput, match="calibration"):
-        build_candidates(no_cal, load_inputs(no_cal), tmp_path / "x", False)
+        build_candidates(no_cal, load_inputs(no_cal, *model), tmp_path / "x", *model, False)
 
 
 # --- curves ---------------------------------------------------------------------------------
@@ -674,8 +676,9 @@ def test_curves(oracle_run, tmp_path):
 
 
 def test_similarity(oracle_run, tmp_path):
-    from skiporacle.oracle.curves import similarity, write_similarity
-    from skiporacle.oracle.setup import load_model_cached
+    from skiporacle.eval.similarity import similarity
+    from skiporacle.oracle.curves import write_similarity
+    from skiporacle.oracle.workers import load_model_cached
 
     out, settings, _ = oracle_run
     records = _records(out)[:2]

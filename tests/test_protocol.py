@@ -12,7 +12,7 @@ from conftest import ORACLE_MAX_NEW, ORACLE_TEXTS, one_thread
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.generate import eos_ids, generate, generate_candidates
 from skiporacle.eval.model import num_layers
-from skiporacle.eval.teacher import teacher_forced_passes
+from skiporacle.eval.teacher_forcing import teacher_forced_passes
 from skiporacle.search.allocation import full, parse_spec
 
 MAX_NEW = 10
@@ -106,8 +106,15 @@ def test_teacher_forced_passes_follow_the_first_token_protocol(tiny_model, token
 # --- item 5 in the run: settings, resume, generate and perplexity -------------------------------------
 
 
+def _inputs(settings):
+    from skiporacle.oracle.inputs import load_inputs
+    from skiporacle.oracle.workers import load_model_cached
+
+    return load_inputs(settings, *load_model_cached(settings.model, settings.dtype))
+
+
 def _settings(model_dir, data, **changes):
-    from skiporacle.oracle.run import OracleSettings
+    from skiporacle.oracle.settings import OracleSettings
 
     settings = OracleSettings(
         model=str(model_dir), task="file", data_file=str(data), input_field="text", reference_field="summary",
@@ -163,7 +170,7 @@ def test_first_token_full_oracle_run(tiny_llm_dir, oracle_data, default_run, tmp
     full_run, plain = read_records(tmp_path), read_records(default_run)
     assert [r["full"] for r in full_run] == [r["full"] for r in plain]  # all layers: the same either way
     firsts = {r["id"]: r["full"]["token_ids"][0] for r in full_run}
-    from skiporacle.oracle.setup import load_model_cached
+    from skiporacle.oracle.workers import load_model_cached
 
     _, tokenizer = load_model_cached(str(tiny_llm_dir), "float32")
     changed = 0
@@ -354,28 +361,26 @@ def base_llm_dir(tiny_llm_dir, tmp_path_factory):
 
 
 def test_instruction_replaces_the_generic_one(tiny_llm_dir, oracle_data):
-    from skiporacle.oracle.setup import load_inputs
 
-    generic = load_inputs(_settings(tiny_llm_dir, oracle_data, limit=2)).prompts
-    own = load_inputs(_settings(tiny_llm_dir, oracle_data, limit=2, instruction="Give a title.")).prompts
+    generic = _inputs(_settings(tiny_llm_dir, oracle_data, limit=2)).prompts
+    own = _inputs(_settings(tiny_llm_dir, oracle_data, limit=2, instruction="Give a title.")).prompts
     assert all("Respond to the following input." in p for p in generic)
     assert all("Give a title.\n\n" + t in p and "Respond" not in p for p, t in zip(own, ORACLE_TEXTS))
     with pytest.raises(BadInput, match="--template is for base models"):
-        load_inputs(_settings(tiny_llm_dir, oracle_data, limit=2, template="Q: {input}\nA:"))
+        _inputs(_settings(tiny_llm_dir, oracle_data, limit=2, template="Q: {input}\nA:"))
 
 
 def test_template_for_base_models(base_llm_dir, oracle_data, tmp_path):
     from skiporacle.oracle.records import read_records
     from skiporacle.oracle.run import run_oracle
-    from skiporacle.oracle.setup import load_inputs
 
-    plain = load_inputs(_settings(base_llm_dir, oracle_data, limit=2)).prompts
+    plain = _inputs(_settings(base_llm_dir, oracle_data, limit=2)).prompts
     assert plain == [f"### Input: {t}\n\n### Output:" for t in ORACLE_TEXTS[:2]]
     template = "Text: {input}\nIn {brief}: {input}\nTitle:"  # other braces are left as they are
-    own = load_inputs(_settings(base_llm_dir, oracle_data, limit=2, template=template)).prompts
+    own = _inputs(_settings(base_llm_dir, oracle_data, limit=2, template=template)).prompts
     assert own == [f"Text: {t}\nIn {{brief}}: {t}\nTitle:" for t in ORACLE_TEXTS[:2]]
     with pytest.raises(BadInput, match="--instruction is for chat models"):
-        load_inputs(_settings(base_llm_dir, oracle_data, limit=2, instruction="Give a title."))
+        _inputs(_settings(base_llm_dir, oracle_data, limit=2, instruction="Give a title."))
     settings = _settings(base_llm_dir, oracle_data, limit=2, template=template, spaces=("uniform",), budgets=(2,))
     with one_thread():
         run_oracle(settings, tmp_path, progress=False)

@@ -21,10 +21,11 @@ import pytest
 
 from conftest import one_thread
 from test_cli import assert_bad, data_args, oracle_args, run_cli  # noqa: F401 (data_args: a fixture)
-from skiporacle.oracle.records import SETTINGS, append_records, write_json_atomic
+from skiporacle.data.files import write_json_atomic
+from skiporacle.oracle.choose import cheapest_identical, cheapest_matching
+from skiporacle.oracle.records import SETTINGS, append_records
 from skiporacle.oracle.report import page_data, render
 from skiporacle.oracle.report_figures import fmt, lookup
-from skiporacle.oracle.select import cheapest_identical, cheapest_matching
 from skiporacle.oracle.summary import summarize
 
 NASTY = ['<script>alert(1)</script>', 'end </script><script>alert(2)</script> & <!-- x', '</SCRIPT >"\'&amp;']

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from skiporacle.data.errors import BadInput
+from skiporacle.oracle.choose import knapsack
 from skiporacle.oracle.records import ALLOCATIONS, SETTINGS, SUMMARY
-from skiporacle.oracle.select import knapsack
 
 L = 6  # layers of the hand-made model
 
@@ -139,13 +139,14 @@ def _percent_reach(scores, costs, rows):
 
 def test_summary_intervals_recompute_each_resample(tmp_path):
     from skiporacle.oracle.stats import resample_rows
-    from skiporacle.oracle.summary import score_matrix
+    from skiporacle.oracle.table import RunTable
 
     costs = [2, 3, 4, 5, L]
     records = random_records(12, costs, seed=4)
     summary = summarize_run(write_run(tmp_path / "run", records, seed=7))
     assert summary["bootstrap"]["resamples"] == 200 and summary["bootstrap"]["seed"] == 7
-    _, _, scores, _, full = score_matrix(records)
+    table = RunTable.from_records(records)
+    scores, full = table.scores, table.full_scores
     rows = resample_rows([r["id"] for r in records], 7)
     knap = summary["knapsack"]
     # Each resample has its own full-model target and its own knapsack.
@@ -176,7 +177,7 @@ def test_summary_intervals_recompute_each_resample(tmp_path):
 
 
 def _rule_columns(scores, costs):
-    from skiporacle.oracle.select import cheapest_matching
+    from skiporacle.oracle.choose import cheapest_matching
 
     choice = cheapest_matching(scores, costs, scores[:, -1], 0.0)
     return np.where(choice >= 0, choice, len(costs) - 1)
@@ -217,7 +218,7 @@ def test_intervals_do_not_depend_on_record_order(tmp_path):
 
 def test_training_free_paired_differences(tmp_path):
     from skiporacle.oracle.stats import resample_rows
-    from skiporacle.oracle.summary import score_matrix
+    from skiporacle.oracle.table import RunTable
 
     costs = [2, 3, 4, L]
     specs = ["exit:2", "healed:h3", "base:h3"]
@@ -229,7 +230,7 @@ def test_training_free_paired_differences(tmp_path):
         r["candidates"][1]["score"] = r["full"]["score"]  # the healed variant matches the full model everywhere
     summary = summarize_run(write_run(tmp_path / "run", records))
     free = summary["training_free"]
-    _, _, scores, _, _ = score_matrix(records)
+    scores = RunTable.from_records(records).scores
     keep = [0, 2, 3]
     rows = resample_rows([r["id"] for r in records], 0)
     whole = np.array([_percent_reach(scores, costs, r) for r in rows])
@@ -388,9 +389,9 @@ def test_split_scores_cache_is_keyed_by_content(tmp_path):
 def test_curves_have_split_reference_series(tmp_path):
     from skiporacle.oracle.curves import curve_rows, write_curves
     from skiporacle.oracle.frontier import best_totals, frontiers
-    from skiporacle.oracle.select import KnapsackCurve
+    from skiporacle.oracle.choose import KnapsackCurve
     from skiporacle.oracle.stats import resample_rows
-    from skiporacle.oracle.summary import score_matrix
+    from skiporacle.oracle.table import RunTable
 
     records = split_records()
     for r in records[:3]:
@@ -402,7 +403,8 @@ def test_curves_have_split_reference_series(tmp_path):
             "full-split-reference"} <= series
     assert next(r for r in rows if r["series"] == "full-split-reference")["mean_score"] == pytest.approx(75.0)
     # The knapsack band: all RESAMPLES resamples, drawn in id order.
-    _, costs, scores, _, _ = score_matrix(records)
+    table = RunTable.from_records(records)
+    costs, scores = table.costs, table.scores
     boots = [KnapsackCurve(best_totals(frontiers(scores, costs), r, L), 6) for r in resample_rows(
         [r["id"] for r in records], 0)]
     point = next(r for r in rows if r["series"] == "knapsack" and r["spec"] == "budget:3")

@@ -1,0 +1,71 @@
+"""`skiporacle heal`: check the options, rank the layers when asked to (importance:N), then distil."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from skiporacle.data.errors import BadInput
+from skiporacle.data.prompts import fit_prompt, prompt_budget
+from skiporacle.eval.model import EMBEDDED_MODELS, load_model, num_layers
+from skiporacle.eval.ranking import cached_drop_order
+from skiporacle.heal.distil import HealSettings, heal as run_heal, refuse_existing
+from skiporacle.heal.texts import example_id, heal_examples, split_holdout
+from skiporacle.search.allocation import parse_spec
+from skiporacle.search.spaces import importance_space, parse_budgets
+
+
+def heal_command(args: argparse.Namespace) -> int:
+    """Distil one allocation into a healed variant folder (resumable)."""
+    for name, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 2),
+                             ("--examples", args.examples, 1), ("--holdout", args.holdout, 1), ("--lora", args.lora, 0),
+                             ("--calibration", args.calibration, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
+        if value < low:
+            raise BadInput(f"{name} must be at least {low}, got {value}")
+    learning_rate = args.lr if args.lr is not None else (3e-3 if args.lora else 3e-4)
+    if not learning_rate > 0:
+        raise BadInput(f"--lr must be positive, got {learning_rate}")
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    if not sources:
+        raise BadInput("--sources: no task given")
+    out = Path(args.out)
+    refuse_existing(out)  # before the model loads and the layers are ranked
+    model_name = args.model if args.model in EMBEDDED_MODELS else str(Path(args.model).resolve())
+    model, tokenizer = load_model(model_name, torch.float32)
+    n = num_layers(model)
+    calibration: tuple[str, ...] = ()
+    kind, _, budget = args.layers.partition(":")
+    if kind == "importance":
+        if not budget or "," in budget:
+            raise BadInput(f"--layers {args.layers!r}: expected importance:N with one budget N")
+        (keep,) = parse_budgets(budget, n)
+        # Rank on the first training rows: held-out rows then measure KL on rows that chose nothing.
+        _, training = split_holdout(heal_examples(sources, args.examples), args.holdout)
+        examples = training[: args.calibration]
+        if not examples:
+            raise BadInput(f"--layers {args.layers!r}: no training rows to rank the layers on "
+                           f"(--examples {args.examples} per task, --holdout {args.holdout})")
+        max_new_tokens = 48  # the oracle's default: rank layers on continuations as long as it decodes
+        _, budget = prompt_budget(model, tokenizer, max_new_tokens)
+        prompts = [fit_prompt(task, e, tokenizer, budget)[0] for task, e in examples]
+        calibration = tuple(example_id(task, e) for task, e in examples)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        order = cached_drop_order(out.parent / "importance.json", model, tokenizer, model_name, list(calibration),
+                                  prompts, max_new_tokens, progress=True)
+        allocation = importance_space([keep], order)[0]
+    else:
+        allocation = parse_spec(args.layers, n)
+    if allocation.is_full:
+        raise BadInput(f"--layers {args.layers!r} keeps every layer: nothing to heal")
+    settings = HealSettings(
+        model=model_name, layers=allocation.layers, spec=allocation.spec, steps=args.steps, learning_rate=learning_rate,
+        batch_size=args.batch_size, seq_len=args.seq_len, bf16=args.bf16, lora_rank=args.lora, seed=args.seed,
+        sources=sources, examples=args.examples, holdout=args.holdout, checkpoint_every=args.checkpoint_every,
+    )
+    meta = run_heal(settings, model, tokenizer, out, resume=args.resume, calibration_ids=calibration)
+    print(f"skiporacle: healed {allocation.spec} ({allocation.cost}/{n} layers: {','.join(map(str, allocation.layers))}) "
+          f"in {meta['train_seconds']:.0f} s of training; held-out KL {meta['kl']['initial']:.4f} -> "
+          f"{meta['kl']['final']:.4f} nats/token; saved to {out}")
+    return 0

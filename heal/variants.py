@@ -1,0 +1,113 @@
+"""Healed variant folders: `heal.json`, the metadata a heal run writes beside the weights, and the
+healed space, which reads variants back as oracle candidates.
+
+`heal.json`'s "data" entry lists the rows a heal run used: "train_ids",
+"holdout_ids", "calibration_ids" ("task:id") and "source_hashes" (the
+`content_hash` of every one of those rows' source texts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Collection
+
+from skiporacle.data.errors import BadInput
+from skiporacle.data.fingerprint import files_hash
+from skiporacle.search.allocation import Allocation
+
+HEAL_METADATA = "heal.json"  # written by `skiporacle heal` beside each healed variant
+WEIGHT_FILES = ("*.safetensors", "*.bin", "config.json")  # what `from_pretrained` reads of a variant's model
+DEFAULT_FOLDER = "models"  # where `make heal` writes healed variants, and where `--space healed` looks
+
+
+def write_heal_metadata(folder: Path, metadata: dict) -> None:
+    """Write `folder`/heal.json (the folder is still hidden: see `student.save_variant`)."""
+    (folder / HEAL_METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+
+
+def read_heal_metadata(folder: str | Path) -> dict:
+    """The heal.json of a healed variant folder (BadInput if there is none or it is unreadable)."""
+    path = Path(folder) / HEAL_METADATA
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"{str(folder)!r} is not a healed variant (no {HEAL_METADATA})") from None
+    except (OSError, ValueError) as err:
+        raise BadInput(f"{str(path)!r} cannot be read ({err})") from None
+
+
+def variant_weights_hash(folder: str | Path) -> str:
+    """sha256 hex digest of a healed variant's model files (`WEIGHT_FILES`; not heal.json).
+
+    Computed once per process for each state of the files (path, inode, size,
+    modification time), so a variant re-healed under the same name gets a new
+    hash.  BadInput if the folder holds no weights or they cannot be read.
+    """
+    root = Path(folder).resolve()
+    paths = sorted({p for pattern in WEIGHT_FILES for p in root.glob(pattern) if p.is_file()})
+    if not any(p.name != "config.json" for p in paths):
+        raise BadInput(f"healed variant {str(folder)!r} holds no weights (*.safetensors); re-heal it")
+    stats = tuple((p.name, *_stat_key(p)) for p in paths)
+    try:
+        return _hash_files(str(root), stats)
+    except OSError as err:
+        raise BadInput(f"healed variant {str(folder)!r}: cannot read its weights ({err.strerror or err})") from None
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=64)
+def _hash_files(root: str, stats: tuple) -> str:
+    return files_hash(Path(root) / name for name, *_ in stats)
+
+
+def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated_ids: set[str],
+                 evaluated_hashes: Collection[str] = frozenset()) -> list[Allocation]:
+    """Every healed variant in `folder`, each followed by its training-free twin (same layers, base weights).
+
+    A variant's cost is its layers per generated token, as for any allocation.
+    Refused (BadInput): a folder without variants, a variant of another base
+    model or depth, one whose heal rows overlap the evaluated rows by id
+    ("task:id" in `evaluated_ids`) or by content (a source `content_hash` in
+    `evaluated_hashes`), and one whose heal.json predates content hashes.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise BadInput(f"healed space: {str(root)!r} is not a folder (make one with `skiporacle heal`)")
+    # Hidden folders are variants still being written (see heal/student.py).
+    variants = sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / HEAL_METADATA).is_file())
+    if not variants:
+        raise BadInput(f"healed space: no healed variant (a folder with {HEAL_METADATA}) in {str(root)!r}")
+    out = []
+    for path in variants:
+        meta = read_heal_metadata(path)
+        same_base = meta["base_model"] == base_model or Path(meta["base_model"]).resolve() == Path(base_model).resolve()
+        if not same_base or meta["num_layers"] != num_layers:
+            raise BadInput(f"healed variant {str(path)!r} was distilled from {meta['base_model']} "
+                           f"({meta['num_layers']} layers), not {base_model} ({num_layers} layers)")
+        _refuse_overlap(path, meta["data"], evaluated_ids, set(evaluated_hashes))
+        layers = tuple(meta["layers"])
+        out.append(Allocation(layers, num_layers, f"healed:{path.name}", weights=str(path.resolve())))
+        out.append(Allocation(layers, num_layers, f"base:{path.name}"))
+    return out
+
+
+def _refuse_overlap(path: Path, data: dict, evaluated_ids: set[str], evaluated_hashes: set[str]) -> None:
+    used = set(data["train_ids"]) | set(data["holdout_ids"]) | set(data.get("calibration_ids", []))
+    overlap = sorted(used & evaluated_ids)
+    if overlap:
+        raise BadInput(f"healed variant {str(path)!r} was trained on {len(overlap)} evaluated sequence(s) "
+                       f"(e.g. {overlap[0]}); evaluate other rows (--offset/--limit) or heal on other data")
+    if "source_hashes" not in data:
+        raise BadInput(f"healed variant {str(path)!r} predates content checks (its {HEAL_METADATA} has no "
+                       f"source_hashes); re-heal it with `skiporacle heal`")
+    same_text = len(set(data["source_hashes"]) & evaluated_hashes)
+    if same_text:
+        raise BadInput(f"healed variant {str(path)!r} was trained on the text of {same_text} evaluated sequence(s) "
+                       f"under other ids; evaluate other rows or heal on other data")

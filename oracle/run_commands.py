@@ -1,0 +1,128 @@
+"""The subcommands that read a finished run folder: dump, curves, report, plausibility, perplexity.
+
+Each takes parsed arguments and returns an exit code.  Only plausibility, perplexity and `curves --similarity`
+run the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from skiporacle.data.errors import BadInput
+from skiporacle.oracle.inputs import load_named_model
+from skiporacle.oracle.records import load_run
+
+
+def _finished(out: Path) -> tuple[dict, list[dict]]:
+    """(settings, records) of the run in `out`; BadInput if it holds no finished sequence yet."""
+    settings, records, _ = load_run(out)
+    if not records:
+        raise BadInput(f"{str(out)!r} holds no finished sequence yet")
+    return settings, records
+
+
+def dump(args: argparse.Namespace) -> int:
+    """Export one row per sequence x candidate as CSV or Parquet."""
+    import pyarrow as pa
+
+    from skiporacle.oracle.schema import dump_rows
+
+    out = Path(args.run)
+    _, records = _finished(out)
+    rows = dump_rows(records)
+    table = pa.Table.from_pylist(rows)
+    target = Path(args.output) if args.output else out / f"allocations.{args.format}"
+    if not target.parent.is_dir():
+        raise BadInput(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
+    try:
+        if args.format == "csv":
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(table, target)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, target)
+    except OSError as err:
+        raise BadInput(f"cannot write {str(target)!r} ({err.strerror or err})") from None
+    print(f"skiporacle: {len(rows)} rows ({len(records)} sequences) written to {target}")
+    return 0
+
+
+def curves(args: argparse.Namespace) -> int:
+    """Write curves.csv, curves.png and similarity.png for a run."""
+    from skiporacle.oracle.curves import write_curves, write_similarity
+
+    out = Path(args.run)
+    settings, records = _finished(out)
+    if args.resamples < 1:
+        raise BadInput(f"--resamples must be at least 1, got {args.resamples}")
+    csv_path, png_path = write_curves(out, records, settings, args.resamples)
+    print(f"skiporacle: wrote {csv_path} and {png_path}")
+    if args.similarity > 0:
+        from skiporacle.eval.similarity import similarity
+
+        model, tokenizer = load_named_model(settings["model"], settings["dtype"])
+        n_layers = records[0]["full"]["cost"]
+        budgets = [b for b in settings["budgets"] if b < n_layers]
+        sims = similarity(model, tokenizer, records[: args.similarity], budgets)
+        path = write_similarity(out, sims, n_layers, f"{settings['model']} on {settings['task']}")
+        print(f"skiporacle: wrote {path}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """Write RUN/report.html, a self-contained page of the run (see skiporacle.oracle.report)."""
+    from skiporacle.oracle.report import report_command
+
+    return report_command(args)
+
+
+def plausibility(args: argparse.Namespace) -> int:
+    """The full model's NLL of every output of a run (RUN/plausibility.json), then the summary again."""
+    from skiporacle.oracle.plausibility import write_plausibility
+    from skiporacle.oracle.summary import resummarize
+
+    out = Path(args.run)
+    write_plausibility(out, args.margin, load_named_model)
+    guard = resummarize(out).get("guarded")  # the guard's own rule decides what counts as plausible
+    if guard is None:
+        print(f"skiporacle: wrote {out / 'plausibility.json'}; summary.json has no guarded block (see guarded_skipped)")
+        return 0
+    print(f"skiporacle: {guard['plausible_percent']:.1f} % of candidate outputs are plausible (NLL <= full + "
+          f"{args.margin:g} nats/token, or identical to the full output); the guard removes "
+          f"{guard['rule_choices_removed']} rule choices; wrote {out / 'plausibility.json'} and updated summary.json")
+    return 0
+
+
+def perplexity(args: argparse.Namespace) -> int:
+    """Reference perplexity of a run's sequences under each of its candidates; writes RUN/perplexity.json."""
+    import math
+
+    from skiporacle.eval.teacher_forcing import nll, teacher_forced_passes
+    from skiporacle.data.files import write_json_atomic
+    from skiporacle.oracle.candidates import pinned_allocations
+
+    out = Path(args.run)
+    settings, records = _finished(out)
+    if "candidates" not in settings:
+        raise BadInput(f"{str(out)!r} holds no finished sequence yet")
+    n = records[0]["full"]["cost"]
+    allocations = pinned_allocations(settings["candidates"], n)
+    model, tokenizer = load_named_model(settings["model"], settings["dtype"])
+    targets = [tokenizer(r["references"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+               for r in records]
+    start = time.perf_counter()
+    nlls = teacher_forced_passes(model, tokenizer, [r["prompt"] for r in records], targets, allocations, nll,
+                                 first_token=settings.get("first_token", "allocation"))
+    tokens = sum(map(len, targets))
+    table = [{"spec": a.spec, "cost": a.cost, "perplexity": math.exp(sum(row[k] for row in nlls) / tokens)}
+             for k, a in enumerate(allocations)]
+    write_json_atomic(out / "perplexity.json", {"sequences": len(records), "reference_tokens": tokens,
+                                                "seconds": time.perf_counter() - start, "candidates": table})
+    for row in table:
+        print(f"{row['spec']:>24}  {row['cost']:>3} layers  perplexity {row['perplexity']:10.2f}")
+    print(f"skiporacle: {tokens} reference tokens of {len(records)} sequences; wrote {out / 'perplexity.json'}")
+    return 0

@@ -1,0 +1,59 @@
+"""The settings schema of an oracle run: every setting that determines its records, stored in settings.json
+as the resume fingerprint.  The defaults here are the CLI's defaults."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from skiporacle.oracle.records import SETTINGS
+
+
+@dataclass(frozen=True)
+class OracleSettings:
+    """Everything that determines the records of a run (stored as its resume fingerprint)."""
+
+    model: str = "smollm2-135m"
+    task: str = "xsum"
+    data_file: str | None = None
+    input_field: str | None = None
+    reference_field: str | None = None
+    id_field: str | None = None
+    limit: int = 50
+    offset: int = 0
+    spaces: tuple[str, ...] = ("uniform", "early-exit", "importance")
+    budgets: tuple[int, ...] = (8, 12, 16, 20, 24, 26, 28, 29)
+    metric: str = ""  # "" = the task's
+    max_new_tokens: int = 0  # 0 = the task's
+    dtype: str = "float32"
+    seed: int = 0
+    tolerance: float = 0.0
+    calibration: int = 8
+    prompt_under_allocation: bool = False
+    batch_size: int = 0  # most sequences per batch; 0 = chosen from model and prompt sizes
+    importance_file: str | None = None  # a stored ranking (importance.json) instead of ranking on calibration rows
+    first_token: str = "allocation"  # who predicts the first generated token: "allocation" or "full"
+    instruction: str | None = None  # chat models: the instruction before the input instead of the task's
+    template: str | None = None  # base models: the prompt, with {input} standing for the input text
+
+
+DEFAULTS = OracleSettings()
+
+# Fields added after run folders were first written; a settings.json without one was made with its default.
+_ADDED_LATER = ("first_token", "instruction", "template")
+
+
+def fingerprint(settings: OracleSettings, resumed: Path | None = None) -> dict:
+    """The settings as stored in settings.json (they determine every candidate and record).
+
+    Resuming the run in `resumed`, a field added later that its settings.json lacks
+    is left out while at its default, so a run older than the field still resumes.
+    """
+    stored = json.loads(json.dumps(asdict(settings)))
+    path = resumed / SETTINGS if resumed is not None else None
+    if path is None or not path.exists():
+        return stored
+    existing = json.loads(path.read_text(encoding="utf-8"))
+    defaults = {f.name: f.default for f in fields(OracleSettings)}
+    return {k: v for k, v in stored.items() if k in existing or k not in _ADDED_LATER or v != defaults[k]}
