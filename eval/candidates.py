@@ -33,11 +33,12 @@ def score_batch(
     prompt_under_allocation: bool = False,
     first_token: str = "allocation",
     bar=None,
+    decoder: str = "together",
 ) -> list[list[Candidate]]:
     """Candidates [sequence][allocation] of one planned batch of prompt token rows (see `generate_batch`)."""
     eos = eos_ids(model, tokenizer)
     generated = generate_batch(model, rows, allocations, max_new_tokens, eos, tokenizer.pad_token_id,
-                               prompt_under_allocation, first_token, bar)
+                               prompt_under_allocation, first_token, bar, decoder)
     gens = [[Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in row] for row in generated]
     return _scored(gens, references, allocations, metric)
 

@@ -108,44 +108,55 @@ def _lanes(model: PreTrainedModel, allocations: Sequence[Allocation], batch: int
     return lanes
 
 
-def _softmax_parts(scores: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unnormalised attention over one part: (max [.., 1], sum of exp [.., 1], exp-weighted values [.., hd]).
+def attention_with_lse(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention [N, h, Q, hd] and its log-sum-exp [N, h, Q] (float32) over keys/values [N, h, S, hd].
 
-    Scores are taken in float32; a part whose keys are all masked has max
-    -1e30 and sum 0, so it drops out of the merge.
+    `bias` [N, 1, 1, S] (0 or -inf) masks keys.  On the CPU this is the fused
+    kernel behind `scaled_dot_product_attention`, which returns the log-sum-exp
+    too; elsewhere the same computed step by step.
     """
-    scores = scores.float()
-    top = scores.amax(-1, keepdim=True).clamp_min(-1e30)
-    weights = torch.exp(scores - top)
-    return top, weights.sum(-1, keepdim=True), weights.to(values.dtype) @ values
+    if query.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, keys, values, 0.0, False, attn_mask=bias, scale=scale)
+        return out, lse.float()
+    scores = (query @ keys.transpose(-1, -2)).float() * scale
+    if bias is not None:
+        scores = scores + bias
+    lse = torch.logsumexp(scores, -1)
+    return (torch.exp(scores - lse[..., None].clamp_min(-1e30)).to(values.dtype) @ values), lse
 
 
 def _attention(lane: Lane, query: torch.Tensor, step: int, prefix_keys: torch.Tensor, prefix_values: torch.Tensor,
-               prefix_bias: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention output [n, H, hd] of the lane's rows: query [n, H, hd] over prefix + own tokens 0..step."""
+               prefix_bias: torch.Tensor, prefix_empty: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention output [n, H, hd] of the lane's rows: query [n, H, hd] over prefix + own tokens 0..step.
+
+    The two parts are merged by their log-sum-exps; a sequence whose prefix is
+    all padding (`prefix_empty` [B]) gets weight 0 on it.
+    """
     n, H, hd = query.shape
     B, Hkv, P, _ = prefix_keys.shape
     G, C = H // Hkv, len(lane.candidates)
     grouped = query.view(n, Hkv, G, hd)
-    own = _softmax_parts(grouped @ lane.keys[:, :, : step + 1].transpose(-1, -2) * scale,
-                         lane.values[:, :, : step + 1])  # [n, Hkv, G, .]
+    own, own_lse = attention_with_lse(grouped, lane.keys[:, :, : step + 1], lane.values[:, :, : step + 1], None, scale)
     if P == 0:
-        top, total, weighted = own
-        return (weighted / total.to(weighted.dtype)).view(n, H, hd)
+        return own.reshape(n, H, hd)
     dense = query.new_zeros(B * C, Hkv, G, hd)
     dense[lane.slot] = grouped
     dense = dense.view(B, C, Hkv, G, hd).transpose(1, 2).reshape(B, Hkv, C * G, hd)  # one prompt copy per sequence
-    shared = _softmax_parts(dense @ prefix_keys.transpose(-1, -2) * scale + prefix_bias, prefix_values)
-    shared = [part.view(B, Hkv, C, G, -1).transpose(1, 2).reshape(B * C, Hkv, G, -1)[lane.slot] for part in shared]
-    top = torch.maximum(shared[0], own[0])
-    w_shared, w_own = torch.exp(shared[0] - top), torch.exp(own[0] - top)
-    total = shared[1] * w_shared + own[1] * w_own
-    out = (shared[2] * w_shared.to(query.dtype) + own[2] * w_own.to(query.dtype)) / total.to(query.dtype)
-    return out.view(n, H, hd)
+    shared, shared_lse = attention_with_lse(dense, prefix_keys, prefix_values, prefix_bias, scale)
+    shared = shared.view(B, Hkv, C, G, hd).transpose(1, 2).reshape(B * C, Hkv, G, hd)[lane.slot]
+    shared_lse = shared_lse.masked_fill(prefix_empty[:, None, None], float("-inf"))
+    shared_lse = shared_lse.view(B, Hkv, C, G).transpose(1, 2).reshape(B * C, Hkv, G)[lane.slot]
+    total = torch.logaddexp(shared_lse, own_lse)[..., None]
+    out = shared * torch.exp(shared_lse[..., None] - total).to(query.dtype) \
+        + own * torch.exp(own_lse[..., None] - total).to(query.dtype)
+    return out.reshape(n, H, hd)
 
 
 def _run_lane(lane: Lane, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: int,
-              prefix: tuple[torch.Tensor, torch.Tensor], prefix_bias: torch.Tensor, K: int, rotate) -> None:
+              prefix: tuple[torch.Tensor, torch.Tensor], prefix_bias: torch.Tensor, prefix_empty: torch.Tensor, K: int,
+              rotate) -> None:
     """One decoder layer on the lane's rows of hidden [R, D], in place; stores their keys/values at `step`."""
     layer, attn = lane.module, lane.module.self_attn
     x = hidden[lane.rows]  # [n, D]
@@ -160,7 +171,7 @@ def _run_lane(lane: Lane, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Te
     q, k = rotate(q[:, :, None], k[:, :, None], cos[sequence][:, None], sin[sequence][:, None])  # [n, heads, 1, hd]
     lane.keys[:, :, step] = k[:, :, 0]
     lane.values[:, :, step] = v
-    out = _attention(lane, q[:, :, 0], step, prefix[0], prefix[1], prefix_bias, attn.scaling)
+    out = _attention(lane, q[:, :, 0], step, prefix[0], prefix[1], prefix_bias, prefix_empty, attn.scaling)
     x = x + attn.o_proj(out.reshape(n, -1))
     hidden[lane.rows] = x + layer.mlp(layer.post_attention_layernorm(x))
 
@@ -212,8 +223,9 @@ def _decode_chunk(model, allocations, prompt_cache, prefix_mask, first, steps, e
     rotate = sys.modules[type(decoder_layers(model)[0].self_attn).__module__].apply_rotary_pos_emb
     lanes = _lanes(model, allocations, B, steps)
     prefixes = _prefixes(model, prompt_cache, B)
-    bias = torch.zeros(prefix_mask.shape, dtype=torch.float32)
-    bias = bias.masked_fill(prefix_mask == 0, float("-inf"))[:, None, None, :]  # [B, 1, 1, P]
+    dtype = model.get_output_embeddings().weight.dtype
+    bias = torch.zeros(prefix_mask.shape, dtype=dtype).masked_fill(prefix_mask == 0, float("-inf"))[:, None, None, :]
+    empty = ~prefix_mask.bool().any(-1)  # [B] sequences with nothing before the fed token
     start = prefix_mask.sum(-1)  # [B] position of the first fed token
     eos_ids = torch.tensor(sorted(eos), dtype=torch.long)
     out = [[[] for _ in range(K)] for _ in range(B)]
@@ -228,7 +240,7 @@ def _decode_chunk(model, allocations, prompt_cache, prefix_mask, first, steps, e
         for layer, layer_lanes in enumerate(lanes):
             for lane in layer_lanes:
                 if len(lane.rows):
-                    _run_lane(lane, hidden, cos[0], sin[0], step, prefixes[layer], bias, K, rotate)
+                    _run_lane(lane, hidden, cos[0], sin[0], step, prefixes[layer], bias, empty, K, rotate)
         live = alive.nonzero().squeeze(-1)
         tokens[live] = model.get_output_embeddings()(base.norm(hidden[live])).argmax(-1)
         for row, token in zip(live.tolist(), tokens[live].tolist()):

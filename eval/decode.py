@@ -43,6 +43,12 @@ def decode_one_token(
     return out.logits[:, -1]
 
 
+def top2_margin(logits: torch.Tensor) -> torch.Tensor:
+    """Gap between the two largest logits [B] of logits [B, V]: below ~1e-4 a greedy choice is a near-tie."""
+    top = logits.float().topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
 def greedy_decode(
     view: PreTrainedModel,
     cache: DynamicCache,
@@ -50,11 +56,13 @@ def greedy_decode(
     mask: torch.Tensor,
     max_new_tokens: int,
     eos: frozenset[int],
+    margins: list[list[float]] | None = None,
 ) -> list[list[int]]:
     """Greedy tokens for each row, starting by feeding last_prompt_token [B].
 
     `mask` [B, T] covers the cached positions plus the last prompt token.
     A row leaves the batch once it emits EOS, so finished rows cost nothing.
+    `margins`, if given (one list per row), gets each token's `top2_margin`.
     """
     out: list[list[int]] = [[] for _ in range(len(last_prompt_token))]
     live = torch.arange(len(last_prompt_token))
@@ -66,6 +74,9 @@ def greedy_decode(
         tokens = logits.argmax(-1)
         for row, token in zip(live.tolist(), tokens.tolist()):
             out[row].append(token)
+        if margins is not None:
+            for row, gap in zip(live.tolist(), top2_margin(logits).tolist()):
+                margins[row].append(gap)
         done = torch.isin(tokens, eos_tensor)
         if step + 1 == max_new_tokens or bool(done.all()):
             break
@@ -85,8 +96,9 @@ def decode_after(
     mask: torch.Tensor,
     max_new_tokens: int,
     eos: frozenset[int],
+    margins: list[list[float]] | None = None,
 ) -> list[list[int]]:
-    """Greedy tokens for each row, starting with its given first token first [B].
+    """Greedy tokens for each row, starting with its given first token first [B] (`margins`: see greedy_decode).
 
     `cache` and `mask` [B, T] cover every position before that token; the view
     reads it and predicts the rest.  Rows whose first token is EOS stop there.
@@ -101,6 +113,9 @@ def decode_after(
     if len(live) < len(first):
         cache.batch_select_indices(keep)
     mask = torch.cat([mask[keep], mask.new_ones(len(live), 1)], dim=-1)
-    for row, tokens in zip(live, greedy_decode(view, cache, first[keep], mask, max_new_tokens - 1, eos)):
+    gaps = [[] for _ in live] if margins is not None else None
+    for i, (row, tokens) in enumerate(zip(live, greedy_decode(view, cache, first[keep], mask, max_new_tokens - 1, eos, gaps))):
         out[row] += tokens
+        if gaps is not None:
+            margins[row] += gaps[i]
     return out

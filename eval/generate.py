@@ -28,7 +28,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.crossdecode import decode_candidates, unsupported_reason
-from skiporacle.eval.decode import decode_after, greedy_decode, positions, prefill, prefill_predict  # noqa: F401 (re-exported)
+from skiporacle.eval.decode import decode_after, greedy_decode, positions, prefill, prefill_predict, top2_margin  # noqa: F401 (re-exported)
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
@@ -114,7 +114,8 @@ def generate_batch(
     prompt_under_allocation: bool = False,
     first_token: str = "allocation",
     bar=None,
-    decoder: str = "per-candidate",
+    decoder: str = "together",
+    margins: list | None = None,
 ) -> list[list[tuple[int, ...]]]:
     """Generated token ids [sequence][allocation] of one planned batch of prompt token rows.
 
@@ -124,14 +125,16 @@ def generate_batch(
     (`crossdecode`) where the layout allows and the prompt cache is shared;
     otherwise, and with "per-candidate" (the reference path), each allocation
     decodes on its own layer view.  `bar`, if given, advances by the batch
-    size per allocation.
+    size per allocation.  `margins`, if given (a list), gets per sequence and
+    allocation the top-2 logit margin of every generated token; it forces the
+    per-candidate path (the reference whose near-ties the benches count).
     """
     if first_token not in FIRST_TOKEN:
         raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     ids, mask = left_pad(rows, pad_id)
-    together = (decoder == "together" and not prompt_under_allocation
+    together = (decoder == "together" and not prompt_under_allocation and margins is None
                 and unsupported_reason(model, ids.shape[1] + max_new_tokens) is None)
     if together:
         out = _decode_together(model, ids, mask, allocations, max_new_tokens, eos, first_token)
@@ -141,25 +144,32 @@ def generate_batch(
     out: list[list[tuple[int, ...]]] = [[] for _ in rows]
     if first_token == "full":
         full_cache = DynamicCache()
-        first = prefill_predict(model, ids, mask, full_cache).argmax(-1)
+        logits = prefill_predict(model, ids, mask, full_cache)
+        first, first_gaps = logits.argmax(-1), top2_margin(logits).tolist()
         shared = None if prompt_under_allocation else full_cache
     else:
         shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+    steps: list[list[list[float]]] = [[] for _ in rows]
     for allocation in allocations:
         view = allocation_view(model, allocation)
+        gaps: list[list[float]] | None = [[] for _ in rows] if margins is not None else None
         cache = AllocationCache(allocation.layers, shared, reserve=max_new_tokens + 1)
         if first_token == "full":
             if shared is None:
                 prefill(view, ids, mask, cache)
-            generated = decode_after(view, cache, first, mask, max_new_tokens, eos)
+            generated = decode_after(view, cache, first, mask, max_new_tokens, eos, gaps)
         else:
             if shared is None:
                 prefill(view, ids[:, :-1], mask[:, :-1], cache)
-            generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos)
+            generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos, gaps)
         for row, tokens in zip(out, generated):
             row.append(tuple(tokens))
+        for b, gap in enumerate(gaps or []):
+            steps[b].append(([first_gaps[b]] if first_token == "full" and max_new_tokens > 0 else []) + gap)
         if bar is not None:
             bar.update(len(rows))
+    if margins is not None:
+        margins.extend(steps)
     return out
 
 
@@ -188,7 +198,8 @@ def generate_candidates(
     progress: bool = False,
     max_batch: int = 0,
     first_token: str = "allocation",
-    decoder: str = "per-candidate",
+    decoder: str = "together",
+    margins: list | None = None,
 ) -> list[list[Generation]]:
     """Greedy outputs [sequence][allocation] for every prompt under every allocation.
 
@@ -199,19 +210,28 @@ def generate_candidates(
     shared).  With `first_token` "full" the first generated token of each
     sequence is the full model's, computed once from that shared prefill.
     Results do not depend on how many allocations are passed together.
+    `margins`, if given (a list), gets the reference path's top-2 logit margins
+    [sequence][allocation][token] (see `generate_batch`).
     """
     if first_token not in FIRST_TOKEN:
         raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
     rows = encode_prompts(tokenizer, prompts)
     eos = eos_ids(model, tokenizer)
     results: list[list[Generation]] = [[] for _ in prompts]
+    gaps: list = [None] * len(prompts)
     batches = plan_batches([len(r) for r in rows], model.config.get_text_config().num_attention_heads, max_batch)
     bar = tqdm(total=len(prompts) * len(allocations), disable=not progress, unit="gen", desc="generate")
     for batch in batches:
+        batch_gaps = [] if margins is not None else None
         generated = generate_batch(model, [rows[i] for i in batch], allocations, max_new_tokens, eos,
-                                   tokenizer.pad_token_id, prompt_under_allocation, first_token, bar, decoder)
+                                   tokenizer.pad_token_id, prompt_under_allocation, first_token, bar, decoder,
+                                   batch_gaps)
         for i, per_allocation in zip(batch, generated):
             results[i] = [Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in per_allocation]
+        for i, per_allocation in zip(batch, batch_gaps or []):
+            gaps[i] = per_allocation
+    if margins is not None:
+        margins.extend(gaps)
     bar.close()
     return results
 
@@ -226,11 +246,12 @@ def generate(
     progress: bool = False,
     max_batch: int = 0,
     first_token: str = "allocation",
+    decoder: str = "together",
 ) -> list[Generation]:
     """Greedy outputs of every prompt under one allocation (prompt included)."""
     per_sequence = generate_candidates(
         model, tokenizer, prompts, [allocation], max_new_tokens, prompt_under_allocation, progress, max_batch,
-        first_token,
+        first_token, decoder,
     )
     return [g[0] for g in per_sequence]
 

@@ -60,6 +60,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
 
 
+def _add_decoder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--decoder", choices=("together", "per-candidate"), default=DEFAULTS.decoder,
+                   help=("together (default): one decode loop advances every candidate of a batch, each layer run once "
+                         "on the rows that keep it, attention over the shared prompt cache done once per sequence "
+                         "(Llama, Mistral, Qwen2, Qwen3 layouts; others fall back). per-candidate: the reference path, "
+                         "one candidate after another; outputs equal up to near-ties (float rounding)"))
+
+
 def _add_first_token(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-token", choices=("allocation", "full"), default=DEFAULTS.first_token,
                    help=("who predicts the first generated token. allocation (default): the full model reads the prompt "
@@ -78,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(gen)
     _add_model_args(gen)
     _add_first_token(gen)
+    _add_decoder(gen)
     gen.add_argument("--controller", metavar="DIR",
                      help=("decide each sequence's allocation at prefill with this controller (from `skiporacle controller`), "
                            "generate with real skipping, and time it against the full model on the same sequences"))
@@ -119,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(orc)
     _add_model_args(orc)
     _add_first_token(orc)
+    _add_decoder(orc)
     g = orc.add_argument_group("search")
     g.add_argument("--space", default=DEFAULT_SPACES,
                    help=f"comma-separated spaces. {spaces_help()} (default: {DEFAULT_SPACES})")

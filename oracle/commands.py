@@ -13,7 +13,7 @@ from skiporacle.data.tasks import check_prompt_options
 from skiporacle.oracle.candidates import parse_spaces
 from skiporacle.oracle.inputs import load_examples, load_inputs, load_named_model
 from skiporacle.oracle.run import run_oracle
-from skiporacle.oracle.settings import OracleSettings
+from skiporacle.oracle.settings import DEFAULTS, OracleSettings
 from skiporacle.search.spaces import parse_budgets
 
 
@@ -37,6 +37,7 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
         prompt_under_allocation=args.prompt_under_allocation, batch_size=args.batch_size,
         importance_file=getattr(args, "importance", None), first_token=getattr(args, "first_token", "allocation"),
         instruction=getattr(args, "instruction", None), template=getattr(args, "template", None),
+        decoder=getattr(args, "decoder", DEFAULTS.decoder),
     )
     if not settings.metric or not settings.max_new_tokens:  # the task's defaults
         task, _ = load_examples(settings, 1, 0)
@@ -72,7 +73,7 @@ def generate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     outputs = run_generate(model, tokenizer, inputs.prompts, allocation, settings.max_new_tokens,
                            settings.prompt_under_allocation, progress=True, max_batch=settings.batch_size,
-                           first_token=settings.first_token)
+                           first_token=settings.first_token, decoder=settings.decoder)
     seconds = time.perf_counter() - start
     texts = [g.text for g in outputs]
     scored = inputs.scored_references()

@@ -36,24 +36,26 @@ class OracleSettings:
     first_token: str = "allocation"  # who predicts the first generated token: "allocation" or "full"
     instruction: str | None = None  # chat models: the instruction before the input instead of the task's
     template: str | None = None  # base models: the prompt, with {input} standing for the input text
+    decoder: str = "together"  # "together": all candidates in one decode loop; "per-candidate": one after another
 
 
 DEFAULTS = OracleSettings()
 
-# Fields added after run folders were first written; a settings.json without one was made with its default.
-_ADDED_LATER = ("first_token", "instruction", "template")
+# Fields added after run folders were first written, with the value a settings.json without one was made with.
+_ADDED_LATER = {"first_token": "allocation", "instruction": None, "template": None, "decoder": "per-candidate"}
 
 
 def fingerprint(settings: OracleSettings, resumed: Path | None = None) -> dict:
     """The settings as stored in settings.json (they determine every candidate and record).
 
     Resuming the run in `resumed`, a field added later that its settings.json lacks
-    is left out while at its default, so a run older than the field still resumes.
+    is left out while at the value the run was made with, so a run older than the
+    field still resumes (with `--decoder per-candidate` for runs older than the
+    cross-candidate decoder).
     """
     stored = json.loads(json.dumps(asdict(settings)))
     path = resumed / SETTINGS if resumed is not None else None
     if path is None or not path.exists():
         return stored
     existing = json.loads(path.read_text(encoding="utf-8"))
-    defaults = {f.name: f.default for f in fields(OracleSettings)}
-    return {k: v for k, v in stored.items() if k in existing or k not in _ADDED_LATER or v != defaults[k]}
+    return {k: v for k, v in stored.items() if k in existing or k not in _ADDED_LATER or v != _ADDED_LATER[k]}

@@ -81,7 +81,7 @@ def score_rows(model, tokenizer, settings, rows: list[list[int]], references: li
     bar = tqdm(total=len(rows) * len(allocations), disable=not progress, unit="gen", desc="generate")
     try:
         return score_batch(model, tokenizer, rows, references, allocations, settings.metric, settings.max_new_tokens,
-                           settings.prompt_under_allocation, settings.first_token, bar)
+                           settings.prompt_under_allocation, settings.first_token, bar, settings.decoder)
     finally:
         bar.close()
 

@@ -116,3 +116,34 @@ def test_prompt_cache_is_left_unchanged(tiny_model, prompt_ids, ref):
     crossdecode.decode_candidates(model, allocations, cache, mask[:, :-1], ids[:, -1], MAX_NEW, frozenset({1}))
     for layer, (keys, values) in zip(cache.layers, before):
         assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
+def test_margins_are_the_reference_paths_top2_gaps(tiny_model, tokenizer, prompt_ids, ref, single_thread):
+    """`margins` forces the per-candidate path and gives one gap per generated token, equal to a direct pass."""
+    from skiporacle.eval.decode import top2_margin
+
+    model = tiny_model("llama")
+    allocations = [parse_spec(s, num_layers(model)) for s in ("all", "1-5")]
+    texts = [ref.as_text(p) for p in prompt_ids]
+    for first_token in ("allocation", "full"):
+        margins: list = []
+        outputs = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, first_token=first_token,
+                                      margins=margins)
+        assert [[len(m) for m in row] for row in margins] == [[len(g.tokens) for g in row] for row in outputs]
+        assert all(gap >= 0 for row in margins for m in row for gap in m)
+    # The full model's first margin, recomputed from one plain forward pass over the prompt.
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids[0]])).logits[:, -1]
+    assert margins[0][0][0] == pytest.approx(float(top2_margin(logits)[0]), abs=1e-4)
+
+
+def test_runs_older_than_the_decoder_setting_resume_with_the_per_candidate_decoder(tmp_path):
+    import json
+
+    from skiporacle.oracle.records import SETTINGS
+    from skiporacle.oracle.settings import OracleSettings, fingerprint
+
+    old = {k: v for k, v in fingerprint(OracleSettings()).items() if k != "decoder"}
+    (tmp_path / SETTINGS).write_text(json.dumps(old))
+    assert fingerprint(OracleSettings(decoder="per-candidate"), tmp_path) == old
+    assert fingerprint(OracleSettings(), tmp_path)["decoder"] == "together"  # differs: the resume is refused
