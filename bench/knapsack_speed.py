@@ -25,7 +25,7 @@ import tracemalloc
 
 import numpy as np
 
-from skiporacle.oracle.select import _knapsack_reference, knapsack
+from skiporacle.oracle.choose import _knapsack_reference, knapsack
 
 
 def measure(fn, scores, costs, repeats: int, trace: bool = True):

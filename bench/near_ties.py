@@ -19,8 +19,9 @@ import torch
 from skiporacle.data.prompts import fit_prompt
 from skiporacle.data.tasks import load_task
 from skiporacle.eval.generate import generate
-from skiporacle.eval.teacher import teacher_forced_passes
-from skiporacle.oracle.setup import load_model_cached, prompt_budget
+from skiporacle.eval.teacher_forcing import teacher_forced_passes
+from skiporacle.data.prompts import prompt_budget
+from skiporacle.oracle.workers import load_model_cached
 from skiporacle.search.allocation import full, parse_spec
 
 

@@ -1,13 +1,24 @@
-"""Oracle scoring speed: the plain per-candidate generate loop against the engine, side by side.
+"""Oracle scoring speed: the plain per-candidate loop, the engine's two decoders, and bfloat16, side by side.
 
 (a) plain: for each candidate allocation, batched greedy generation over all
-    sequences, prompt included (the prompt is re-read for every candidate);
-(b) engine: `generate_candidates`, one full-model prefill per batch shared by
-    every candidate.
-Prints wall times, the ratio, output agreement, and the engine's useful FLOP
-rate against a torch.matmul rate measured in the same process.
+    sequences, the full-model prefill redone for every candidate.  This is the
+    reference: it also records every token's top-2 logit margin.
+(b) per-candidate engine: one full-model prefill per batch shared by every
+    candidate, candidates decoded one after another (`--decoder per-candidate`).
+(c) together engine: every candidate of a batch in one decode loop, each layer
+    run once per step on the rows that keep it, shared-prefix attention
+    (`--decoder together`, the default).
+(d) --bf16: (c) with the model in bfloat16, against the float32 outputs of (a).
 
-    python bench/oracle_speed.py [--task xsum] [--n 50] [--space uniform,early-exit,importance] [--budgets ...]
+For each path: wall time, ratio to (a), output agreement with (a), and every
+disagreement's cause: the reference's top-2 margin where the two outputs first
+differ.  A margin under --tie (1e-4) is a near-tie, which float rounding
+between batch shapes (about 2e-5 on the embedded model) can flip.  Also the
+useful FLOP rate against a torch.matmul rate measured in the same process,
+and the floor: the useful FLOPs (one full prefill per sequence, the kept
+layers of every generated token, the LM head) at the matmul rate.
+
+    python bench/oracle_speed.py [--task xsum] [--n 50] [--paths plain,per-candidate,together,bf16]
 """
 
 from __future__ import annotations
@@ -19,11 +30,13 @@ from pathlib import Path
 
 import torch
 
-from skiporacle.eval.generate import encode_prompts, generate, generate_candidates
-from skiporacle.eval.model import decoder_layers
-from skiporacle.oracle.cli import DEFAULT_BUDGETS, DEFAULT_SPACES
-from skiporacle.oracle.run import OracleSettings, build_candidates
-from skiporacle.oracle.setup import load_inputs, load_model_cached
+from skiporacle.eval.generate import encode_prompts, generate_candidates
+from skiporacle.eval.model import decoder_layers, load_model
+from skiporacle.oracle.candidates import build_candidates
+from skiporacle.oracle.inputs import load_inputs
+from skiporacle.oracle.settings import DEFAULTS, OracleSettings
+
+PATHS = ("plain", "per-candidate", "together", "bf16")
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
@@ -47,54 +60,84 @@ def useful_gflop(model, prompt_tokens: int, layer_tokens: int, generated: int) -
     return 2 * (prompt_tokens * n_layers * per_layer + layer_tokens * per_layer + generated * head) / 1e9
 
 
+def first_difference(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    return next(t for t in range(min(len(a), len(b)) + 1) if t == min(len(a), len(b)) or a[t] != b[t])
+
+
+def disagreements(reference, margins, outputs, tie: float) -> tuple[int, int, int]:
+    """(outputs compared, outputs that differ, of those the ones that first differ at a reference near-tie)."""
+    pairs = differ = at_tie = 0
+    for i, row in enumerate(outputs):
+        for a, generation in enumerate(row):
+            pairs += 1
+            want = reference[i][a].tokens
+            if generation.tokens != want:
+                differ += 1
+                t = first_difference(want, generation.tokens)
+                at_tie += t < len(margins[i][a]) and margins[i][a][t] < tie
+    return pairs, differ, at_tie
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="xsum")
     parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--space", default=DEFAULT_SPACES)
-    parser.add_argument("--budgets", default=DEFAULT_BUDGETS)
+    parser.add_argument("--space", default=",".join(DEFAULTS.spaces))
+    parser.add_argument("--budgets", default=",".join(map(str, DEFAULTS.budgets)))
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"which of {','.join(PATHS)} to run (plain always runs)")
+    parser.add_argument("--tie", type=float, default=1e-4, help="top-2 logit margin below which a token is a near-tie")
     args = parser.parse_args()
-    settings = OracleSettings(
-        model=args.model, task=args.task, data_file=None, input_field=None, reference_field=None, id_field=None,
-        limit=args.n, offset=0, spaces=tuple(args.space.split(",")), budgets=tuple(int(b) for b in args.budgets.split(",")),
-        metric="rougeL", max_new_tokens=args.max_new_tokens, dtype="float32", seed=0, tolerance=0.0, calibration=8,
-        prompt_under_allocation=False,
-    )
-    inputs = load_inputs(settings)
+    settings = OracleSettings(model=args.model, task=args.task, limit=args.n, spaces=tuple(args.space.split(",")),
+                              budgets=tuple(int(b) for b in args.budgets.split(",")), metric="rougeL",
+                              max_new_tokens=args.max_new_tokens)
+    model, tokenizer = load_model(args.model)
+    inputs = load_inputs(settings, model, tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
-        allocations = build_candidates(settings, inputs, Path(tmp), progress=False)
-    model, tokenizer = load_model_cached(args.model, "float32")
-    prompts = inputs.prompts
+        allocations = build_candidates(settings, inputs, Path(tmp), model, tokenizer, progress=False)
+    prompts, new = inputs.prompts, args.max_new_tokens
     gflops = matmul_gflops()
 
+    runs: dict[str, tuple[float, list]] = {}
+    columns, column_margins = [], []  # [allocation][sequence][0]
     start = time.perf_counter()
-    plain = [generate(model, tokenizer, prompts, a, args.max_new_tokens) for a in allocations]
-    plain_s = time.perf_counter() - start
-    start = time.perf_counter()
-    engine = generate_candidates(model, tokenizer, prompts, allocations, args.max_new_tokens)
-    engine_s = time.perf_counter() - start
+    for allocation in allocations:
+        column_margins.append([])
+        columns.append(generate_candidates(model, tokenizer, prompts, [allocation], new, decoder="per-candidate",
+                                           margins=column_margins[-1]))
+    runs["plain"] = (time.perf_counter() - start, [[col[i][0] for col in columns] for i in range(len(prompts))])
+    margins = [[m[i][0] for m in column_margins] for i in range(len(prompts))]  # [sequence][allocation][token]
+    for path in args.paths.split(","):
+        if path in ("per-candidate", "together"):
+            start = time.perf_counter()
+            outputs = generate_candidates(model, tokenizer, prompts, allocations, new, decoder=path)
+            runs[path] = (time.perf_counter() - start, outputs)
+        elif path == "bf16":
+            half, _ = load_model(args.model, torch.bfloat16)
+            start = time.perf_counter()
+            outputs = generate_candidates(half, tokenizer, prompts, allocations, new, decoder="together")
+            runs["together, bfloat16"] = (time.perf_counter() - start, outputs)
 
-    pairs = [(plain[a][i].tokens, engine[i][a].tokens) for a in range(len(allocations)) for i in range(len(prompts))]
-    agree = sum(p == e for p, e in pairs)
-    generated = sum(len(e) for _, e in pairs)
-    layer_tokens = sum(len(engine[i][a].tokens) * allocations[a].cost
-                       for a in range(len(allocations)) for i in range(len(prompts)))
+    plain_s, reference = runs["plain"]
+    generated = sum(len(g.tokens) for row in reference for g in row)
+    layer_tokens = sum(len(g.tokens) * a.cost for row in reference for g, a in zip(row, allocations))
     prompt_tokens = sum(len(r) for r in encode_prompts(tokenizer, prompts))
     useful = useful_gflop(model, prompt_tokens, layer_tokens, generated)
+    ties = sum(gap < args.tie for row in margins for m in row for gap in m)
     print(f"# oracle speed: {args.model}, {args.task}, N={len(prompts)}, {len(allocations)} candidates "
-          f"({args.space}; budgets {args.budgets}; + full), max {args.max_new_tokens} new tokens, "
-          f"{torch.get_num_threads()} threads")
-    print("| path | wall s | ratio | agreement | near-ties | layer-tokens/s | useful GFLOP/s | % of matmul rate |")
+          f"({args.space}; budgets {args.budgets}; + full), max {new} new tokens, {torch.get_num_threads()} threads")
+    print("| path | wall s | vs plain | agreement | differ | of which at a near-tie | useful GFLOP/s | % of matmul rate |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| plain per-candidate loop | {plain_s:.1f} | 1.00x | - | - | {layer_tokens / plain_s:.0f} "
-          f"| {useful / plain_s:.1f} | {100 * useful / plain_s / gflops:.0f} % |")
-    print(f"| engine (shared prefill) | {engine_s:.1f} | {plain_s / engine_s:.2f}x | {100 * agree / len(pairs):.2f} % "
-          f"| {len(pairs) - agree} | {layer_tokens / engine_s:.0f} | {useful / engine_s:.1f} "
-          f"| {100 * useful / engine_s / gflops:.0f} % |")
-    print(f"torch.matmul fp32 rate in this process: {gflops:.1f} GFLOP/s; prompt tokens {prompt_tokens}, "
-          f"generated tokens {generated}")
+    for name, (seconds, outputs) in runs.items():
+        pairs, differ, at_tie = disagreements(reference, margins, outputs, args.tie)
+        print(f"| {name} | {seconds:.1f} | {plain_s / seconds:.2f}x | {100 * (pairs - differ) / pairs:.2f} % | {differ} "
+              f"| {at_tie} | {useful / seconds:.1f} | {100 * useful / seconds / gflops:.0f} % |", flush=True)
+    floor = useful / gflops
+    print(f"torch.matmul fp32 rate in this process: {gflops:.1f} GFLOP/s. Useful work {useful:.0f} GFLOP: prompt tokens "
+          f"{prompt_tokens}, generated tokens {generated}, layer-tokens {layer_tokens}. Floor at the matmul rate: "
+          f"{floor:.1f} s; together engine at {runs.get('together', (float('nan'),))[0] / floor:.2f}x the floor.")
+    print(f"Reference near-ties (top-2 margin < {args.tie:g}): {ties} of {generated} generated tokens.")
 
 
 if __name__ == "__main__":
