@@ -41,8 +41,11 @@ from skiporacle.search.allocation import Allocation
 
 # Layouts whose decoder layer is pre-norm attention + MLP with q/k/v/o projections and rotary positions.
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-# Most rows decoded together: bounds the own-token buffers (R x kept layers x Hkv x steps x hd x 2 floats).
-MAX_ROWS = 1024
+# Candidates are decoded together in as few chunks as keep the rows' own-token keys/values (batch x the
+# chunk's summed layer counts x Hkv x steps x hd x 2 values) under OWN_CACHE_BYTES and the rows under
+# MAX_ROWS; chunks are of even size.  The default grid at the largest XSum batches (46 sequences) is one chunk.
+OWN_CACHE_BYTES = 2 << 30
+MAX_ROWS = 2048
 
 
 def unsupported_reason(model: PreTrainedModel, total_length: int) -> str | None:
@@ -193,11 +196,16 @@ def decode_candidates(
     [B, P] its left-padded mask; each row's fed token sits at position
     prefix_mask.sum(-1).  Each row predicts up to `steps` tokens and stops at EOS.
     `decode` [B] bool (default all) says which sequences to decode; the others get
-    no tokens.  Rows are decoded in chunks of candidates of at most MAX_ROWS rows.
+    no tokens.  Candidates are decoded in chunks (see OWN_CACHE_BYTES).
     """
     B = len(first)
     decode = torch.ones(B, dtype=torch.bool) if decode is None else decode
-    per_chunk = max(1, MAX_ROWS // max(B, 1))
+    config = model.config.get_text_config()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layer_row_bytes = 2 * config.num_key_value_heads * steps * head_dim * model.get_output_embeddings().weight.element_size()
+    chunks = max(-(-B * len(allocations) // MAX_ROWS),
+                 -(-B * sum(a.cost for a in allocations) * layer_row_bytes // OWN_CACHE_BYTES), 1)
+    per_chunk = -(-len(allocations) // chunks)
     out: list[list[list[int]]] = [[] for _ in range(B)]
     for start in range(0, len(allocations), per_chunk):
         chunk = _decode_chunk(model, allocations[start : start + per_chunk], prompt_cache, prefix_mask, first,

@@ -76,7 +76,7 @@ def test_chunks_of_candidates_give_the_same_outputs(tiny_model, tokenizer, promp
     allocations = [parse_spec(s, num_layers(model)) for s in SPECS]
     texts = [ref.as_text(p) for p in prompt_ids]
     whole = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="together")
-    monkeypatch.setattr(crossdecode, "MAX_ROWS", 2 * len(prompt_ids))  # two candidates per chunk
+    monkeypatch.setattr(crossdecode, "MAX_ROWS", 2 * len(prompt_ids))  # four chunks of two candidates
     assert generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="together") == whole
 
 
@@ -147,3 +147,21 @@ def test_runs_older_than_the_decoder_setting_resume_with_the_per_candidate_decod
     (tmp_path / SETTINGS).write_text(json.dumps(old))
     assert fingerprint(OracleSettings(decoder="per-candidate"), tmp_path) == old
     assert fingerprint(OracleSettings(), tmp_path)["decoder"] == "together"  # differs: the resume is refused
+
+
+def test_healed_and_training_free_candidates_of_the_same_layers_decode_together(tiny_model, tokenizer, prompt_ids, ref,
+                                                                               tmp_path, single_thread):
+    """A layer run by two modules (the base's and a healed variant's) forms two lanes; both match the reference."""
+    from skiporacle.search.allocation import Allocation
+
+    model = tiny_model("llama")
+    config = _config("llama")
+    config.num_hidden_layers = 4
+    torch.manual_seed(5)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(tmp_path / "h")
+    layers = (0, 2, 3, 5)
+    allocations = [Allocation(layers, 6, "healed:h", weights=str(tmp_path / "h")), Allocation(layers, 6, "0,2,3,5"),
+                   parse_spec("uniform:3", 6), parse_spec("all", 6)]
+    together, alone = _both(model, tokenizer, [ref.as_text(p) for p in prompt_ids], allocations)
+    assert together == alone
+    assert [row[0] for row in together] != [row[1] for row in together]  # the healed weights were used
