@@ -60,20 +60,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
 
 
-def _add_decoder(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--decoder", choices=("together", "per-candidate"), default=DEFAULTS.decoder,
-                   help=("together (default): one decode loop advances every candidate of a batch, each layer run once "
-                         "on the rows that keep it, attention over the shared prompt cache done once per sequence "
-                         "(Llama, Mistral, Qwen2, Qwen3 layouts; others fall back). per-candidate: the reference path, "
-                         "one candidate after another; outputs equal up to near-ties (float rounding)"))
-
-
-def _add_first_token(p: argparse.ArgumentParser) -> None:
+def _add_decoding_args(p: argparse.ArgumentParser) -> None:
+    """The generation protocol (--first-token) and the decoder that carries it out (--decoder)."""
     p.add_argument("--first-token", choices=("allocation", "full"), default=DEFAULTS.first_token,
                    help=("who predicts the first generated token. allocation (default): the full model reads the prompt "
                          "but its last token, and the allocation reads that token and predicts every generated token. "
                          "full: the full model reads the whole prompt and predicts the first generated token; the "
                          "allocation reads it and predicts the rest"))
+    p.add_argument("--decoder", choices=("together", "per-candidate"), default=DEFAULTS.decoder,
+                   help=("together (default): one decode loop advances every candidate of a batch, each layer run once "
+                         "on the rows that keep it, attention over the shared prompt cache done once per sequence "
+                         "(Llama, Mistral, Qwen2, Qwen3 layouts; others fall back). per-candidate: the reference path, "
+                         "one candidate after another; outputs equal up to near-ties (float rounding)"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,8 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Generate greedily under one allocation and score each output against its reference.")
     _add_data_args(gen)
     _add_model_args(gen)
-    _add_first_token(gen)
-    _add_decoder(gen)
+    _add_decoding_args(gen)
     gen.add_argument("--controller", metavar="DIR",
                      help=("decide each sequence's allocation at prefill with this controller (from `skiporacle controller`), "
                            "generate with real skipping, and time it against the full model on the same sequences"))
@@ -127,8 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Score candidate allocations per sequence; write runs/NAME/allocations.jsonl and summary.json.")
     _add_data_args(orc)
     _add_model_args(orc)
-    _add_first_token(orc)
-    _add_decoder(orc)
+    _add_decoding_args(orc)
     g = orc.add_argument_group("search")
     g.add_argument("--space", default=DEFAULT_SPACES,
                    help=f"comma-separated spaces. {spaces_help()} (default: {DEFAULT_SPACES})")
