@@ -205,7 +205,7 @@ def decode_candidates(
     layer_row_bytes = 2 * config.num_key_value_heads * steps * head_dim * model.get_output_embeddings().weight.element_size()
     chunks = max(-(-B * len(allocations) // MAX_ROWS),
                  -(-B * sum(a.cost for a in allocations) * layer_row_bytes // OWN_CACHE_BYTES), 1)
-    per_chunk = -(-len(allocations) // chunks)
+    per_chunk = max(1, -(-len(allocations) // chunks))
     out: list[list[list[int]]] = [[] for _ in range(B)]
     for start in range(0, len(allocations), per_chunk):
         chunk = _decode_chunk(model, allocations[start : start + per_chunk], prompt_cache, prefix_mask, first,

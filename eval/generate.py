@@ -28,7 +28,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.crossdecode import decode_candidates, unsupported_reason
-from skiporacle.eval.decode import decode_after, greedy_decode, positions, prefill, prefill_predict, top2_margin  # noqa: F401 (re-exported)
+from skiporacle.eval.decode import decode_after, greedy_decode, positions, prefill, prefill_predict, prefill_shared, top2_margin  # noqa: F401 (re-exported)
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
@@ -143,12 +143,11 @@ def generate_batch(
         return out
     out: list[list[tuple[int, ...]]] = [[] for _ in rows]
     if first_token == "full":
-        full_cache = DynamicCache()
-        logits = prefill_predict(model, ids, mask, full_cache)
+        full_cache, logits = prefill_shared(model, ids, mask, predict=True)
         first, first_gaps = logits.argmax(-1), top2_margin(logits).tolist()
         shared = None if prompt_under_allocation else full_cache
     else:
-        shared = None if prompt_under_allocation else prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        shared = None if prompt_under_allocation else prefill_shared(model, ids[:, :-1], mask[:, :-1])[0]
     steps: list[list[list[float]]] = [[] for _ in rows]
     for allocation in allocations:
         view = allocation_view(model, allocation)
@@ -176,13 +175,13 @@ def generate_batch(
 def _decode_together(model, ids, mask, allocations, max_new_tokens, eos, first_token) -> list[list[tuple[int, ...]]]:
     """`generate_batch` with every allocation decoded in one loop over the shared full-model prompt cache."""
     if first_token == "allocation":
-        cache = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        cache, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
         generated = decode_candidates(model, allocations, cache, mask[:, :-1], ids[:, -1], max_new_tokens, eos)
         return [[tuple(tokens) for tokens in row] for row in generated]
     if max_new_tokens <= 0:
         return [[()] * len(allocations) for _ in range(len(ids))]
-    cache = DynamicCache()
-    first = prefill_predict(model, ids, mask, cache).argmax(-1)
+    cache, logits = prefill_shared(model, ids, mask, predict=True)
+    first = logits.argmax(-1)
     going = ~torch.isin(first, torch.tensor(sorted(eos), dtype=torch.long))
     generated = decode_candidates(model, allocations, cache, mask, first, max_new_tokens - 1, eos, going)
     return [[(head,) + tuple(tokens) for tokens in row] for head, row in zip(first.tolist(), generated)]
