@@ -12,6 +12,7 @@ BUDGETS  ?= 8,12,16,20,24,26,28,29
 OUT      ?= runs/$(subst :,-,$(TASK))-$(N)
 FORMAT   ?= csv
 ARGS     ?=
+DEVICE   ?= auto
 MODELS   ?= models
 HEAL_BUDGETS ?= 24 20 16
 HEAL_STEPS   ?= 150
@@ -44,34 +45,34 @@ heal: setup  ## healed variants of the embedded model in MODELS/heal-B, B in HEA
 	@for b in $(HEAL_BUDGETS); do \
 		if [ -f $(MODELS)/heal-$$b/heal.json ]; then echo "skiporacle: $(MODELS)/heal-$$b exists, skipped"; continue; fi; \
 		$(BIN)/skiporacle heal --model $(MODEL) --layers importance:$$b --steps $(HEAL_STEPS) \
-			--out $(MODELS)/heal-$$b --resume $(HEAL_ARGS) || exit $$?; \
+			--out $(MODELS)/heal-$$b --resume --device $(DEVICE) $(HEAL_ARGS) || exit $$?; \
 	done
 
 oracle: setup  ## per-sequence oracle search on the embedded model (resumes an interrupted run in OUT)
 	$(BIN)/skiporacle oracle --task $(TASK) --limit $(N) --model $(MODEL) --space $(SPACE) \
-		--budgets $(BUDGETS) --out $(OUT) --resume $(ARGS)
+		--budgets $(BUDGETS) --out $(OUT) --resume --device $(DEVICE) $(ARGS)
 
 $(RANKING): | setup
-	$(BIN)/skiporacle rank --task xsum --offset 60 --limit 8 --model $(MODEL) --out $@
+	$(BIN)/skiporacle rank --task xsum --offset 60 --limit 8 --model $(MODEL) --device $(DEVICE) --out $@
 
 ranking: $(RANKING)  ## the fixed importance order (xsum rows 60-67) that names the labels' candidates in every run
 
 labels: setup $(RANKING)  ## controller labels: the oracle on LABEL_N rows from LABEL_OFFSET, importance:LABEL_BUDGETS (resumes)
 	$(BIN)/skiporacle oracle --task $(TASK) --offset $(LABEL_OFFSET) --limit $(LABEL_N) --model $(MODEL) \
-		--space importance --budgets $(LABEL_BUDGETS) --importance $(RANKING) --calibration 0 --out $(LABELS) --resume
+		--space importance --budgets $(LABEL_BUDGETS) --importance $(RANKING) --calibration 0 --out $(LABELS) --resume --device $(DEVICE)
 
 controller: labels  ## labels if missing (resumed), their plausibility, then the controller judged by k-fold CV (or trained on TRAIN_RUN)
-	$(BIN)/skiporacle plausibility --run $(LABELS)
-	$(BIN)/skiporacle controller --run $(LABELS) $(if $(TRAIN_RUN),--train $(TRAIN_RUN)) $(CONTROLLER_ARGS)
+	$(BIN)/skiporacle plausibility --run $(LABELS) --device $(DEVICE)
+	$(BIN)/skiporacle controller --run $(LABELS) --device $(DEVICE) $(if $(TRAIN_RUN),--train $(TRAIN_RUN)) $(CONTROLLER_ARGS)
 
 perplexity: setup  ## reference perplexity under every candidate of the run in OUT
-	$(BIN)/skiporacle perplexity --run $(OUT)
+	$(BIN)/skiporacle perplexity --run $(OUT) --device $(DEVICE)
 
 dump: setup  ## one row per sequence x candidate of the run in OUT
 	$(BIN)/skiporacle dump --run $(OUT) --format $(FORMAT)
 
 curves: setup  ## curves.csv, curves.png and similarity.png of the run in OUT
-	$(BIN)/skiporacle curves --run $(OUT) --similarity 16
+	$(BIN)/skiporacle curves --run $(OUT) --similarity 16 --device $(DEVICE)
 
 report: setup  ## RUN/report.html of the run in OUT: one self-contained page (figures, plots, every output)
 	$(BIN)/skiporacle report --run $(OUT)
@@ -80,8 +81,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python bench/decode_speed.py
-	$(BIN)/python bench/oracle_speed.py --n $(N)
+	$(BIN)/python bench/decode_speed.py --device $(DEVICE)
+	$(BIN)/python bench/oracle_speed.py --n $(N) --device $(DEVICE)
 	$(BIN)/python bench/knapsack_speed.py --quick
 
 clean:

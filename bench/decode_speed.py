@@ -4,7 +4,7 @@ Every row decodes exactly --new-tokens tokens (EOS ignored) after a shared
 full-model prefill of real XSum prompts, so all allocations do the same number
 of steps; ratios are measured side by side in one process.
 
-    python bench/decode_speed.py [--model smollm2-135m] [--new-tokens 32] [--repeats 2]
+    python bench/decode_speed.py [--model smollm2-135m] [--new-tokens 32] [--repeats 2] [--device auto] [--dtype D]
 """
 
 from __future__ import annotations
@@ -21,15 +21,17 @@ from transformers import DynamicCache
 from skiporacle.data.prompts import render_prompt
 from skiporacle.data.tasks import load_task
 from skiporacle.eval.cache import AllocationCache
+from skiporacle.eval.device import default_dtype, describe, resolve_device
 from skiporacle.eval.generate import encode_prompts, greedy_decode, left_pad, prefill
 from skiporacle.eval.model import EMBEDDED_MODELS, layer_view, load_model, num_layers, timed_load
+from skiporacle.oracle.inputs import DTYPES
 from skiporacle.search.allocation import uniform
 
 
 @torch.inference_mode()
 def decode_rate(model, rows, pad_id, allocation, new_tokens: int, repeats: int) -> float:
     """Best-of-`repeats` generated tokens per second (decode only, prefill excluded)."""
-    ids, mask = left_pad(rows, pad_id)
+    ids, mask = left_pad(rows, pad_id, model.device)
     shared = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
     view = layer_view(model, allocation.layers)
     best = float("inf")
@@ -62,16 +64,21 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto (a GPU if visible, else the CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="default: float32 on the CPU, bfloat16 on a GPU")
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    dtype = args.dtype or default_dtype(device)
     if args.model in EMBEDDED_MODELS:
         first, cached = load_times(args.model)
         print(f"# model load: {first:.1f} s the first time (GGUF conversion), {cached:.1f} s from the cache")
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, DTYPES[dtype], device)
     n = num_layers(model)
     task, examples = load_task("xsum", limit=16)
     rows = encode_prompts(tokenizer, [render_prompt(task, e, tokenizer) for e in examples])
     rows = sorted(rows, key=len)[:16]
-    print(f"# decode speed, {args.model} ({n} layers), float32, {torch.get_num_threads()} threads, "
+    print(f"# decode speed, {args.model} ({n} layers), {dtype}, {describe(device)}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}; prompts: XSum, {min(map(len, rows))}-{max(map(len, rows))} tokens")
     print("| layers kept | batch 1 tokens/s | speed-up | batch 16 tokens/s | speed-up |")
     print("|---|---|---|---|---|")

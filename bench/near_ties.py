@@ -21,6 +21,7 @@ from skiporacle.data.tasks import load_task
 from skiporacle.eval.generate import generate
 from skiporacle.eval.teacher_forcing import teacher_forced_passes
 from skiporacle.data.prompts import prompt_budget
+from skiporacle.eval.device import resolve_device
 from skiporacle.oracle.workers import load_model_cached
 from skiporacle.search.allocation import full, parse_spec
 
@@ -40,9 +41,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layers", default="0-4,6-29", help="a skipping allocation to check too (default: all but layer 5)")
     parser.add_argument("--tie", type=float, default=1e-4)
+    parser.add_argument("--device", default="auto", help="auto (a GPU if visible, else the CPU), cpu, cuda or cuda:N")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model_cached("smollm2-135m", "float32")
+    model, tokenizer = load_model_cached("smollm2-135m", "float32", str(resolve_device(args.device)))
     task, examples = load_task(args.task, limit=args.n, offset=args.offset)
     _, budget = prompt_budget(model, tokenizer, args.max_new_tokens)
     prompts = [fit_prompt(task, e, tokenizer, budget)[0] for e in examples]

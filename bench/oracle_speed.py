@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from skiporacle.eval.generate import encode_prompts, generate_candidates
+from skiporacle.eval.device import describe, resolve_device
 from skiporacle.eval.model import decoder_layers, load_model
 from skiporacle.oracle.candidates import build_candidates
 from skiporacle.oracle.inputs import load_inputs
@@ -39,15 +40,18 @@ from skiporacle.oracle.settings import DEFAULTS, OracleSettings
 PATHS = ("plain", "per-candidate", "together", "bf16")
 
 
-def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
-    """fp32 torch.matmul rate of this process, GFLOP/s (best of a few timings)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(size: int = 1024, repeats: int = 20, device: torch.device | str = "cpu") -> float:
+    """fp32 torch.matmul rate of this process on `device`, GFLOP/s (best of a few timings)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     torch.matmul(a, b)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     best = float("inf")
     for _ in range(3):
+        sync()
         start = time.perf_counter()
         for _ in range(repeats):
             torch.matmul(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 * repeats / best / 1e9
 
@@ -88,16 +92,18 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--paths", default=",".join(PATHS), help=f"which of {','.join(PATHS)} to run (plain always runs)")
     parser.add_argument("--tie", type=float, default=1e-4, help="top-2 logit margin below which a token is a near-tie")
+    parser.add_argument("--device", default="auto", help="auto (a GPU if visible, else the CPU), cpu, cuda or cuda:N")
     args = parser.parse_args()
+    device = resolve_device(args.device)  # the reference paths run in float32 on it; "bf16" adds bfloat16
     settings = OracleSettings(model=args.model, task=args.task, limit=args.n, spaces=tuple(args.space.split(",")),
                               budgets=tuple(int(b) for b in args.budgets.split(",")), metric="rougeL",
                               max_new_tokens=args.max_new_tokens)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, torch.float32, device)
     inputs = load_inputs(settings, model, tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         allocations = build_candidates(settings, inputs, Path(tmp), model, tokenizer, progress=False)
     prompts, new = inputs.prompts, args.max_new_tokens
-    gflops = matmul_gflops()
+    gflops = matmul_gflops(device=device)
 
     runs: dict[str, tuple[float, list]] = {}
     columns, column_margins = [], []  # [allocation][sequence][0]
@@ -114,7 +120,7 @@ def main() -> None:
             outputs = generate_candidates(model, tokenizer, prompts, allocations, new, decoder=path)
             runs[path] = (time.perf_counter() - start, outputs)
         elif path == "bf16":
-            half, _ = load_model(args.model, torch.bfloat16)
+            half, _ = load_model(args.model, torch.bfloat16, device)
             start = time.perf_counter()
             outputs = generate_candidates(half, tokenizer, prompts, allocations, new, decoder="together")
             runs["together, bfloat16"] = (time.perf_counter() - start, outputs)
@@ -126,7 +132,8 @@ def main() -> None:
     useful = useful_gflop(model, prompt_tokens, layer_tokens, generated)
     ties = sum(gap < args.tie for row in margins for m in row for gap in m)
     print(f"# oracle speed: {args.model}, {args.task}, N={len(prompts)}, {len(allocations)} candidates "
-          f"({args.space}; budgets {args.budgets}; + full), max {new} new tokens, {torch.get_num_threads()} threads")
+          f"({args.space}; budgets {args.budgets}; + full), max {new} new tokens, {torch.get_num_threads()} threads, "
+          f"{describe(device)}")
     print("| path | wall s | vs plain | agreement | differ | of which at a near-tie | useful GFLOP/s | % of matmul rate |")
     print("|---|---|---|---|---|---|---|---|")
     for name, (seconds, outputs) in runs.items():

@@ -13,8 +13,9 @@ def controller(args: argparse.Namespace) -> int:
     """Evaluate a controller on a run (k-fold, or trained on --train), save it, write controller.json/.png."""
     from skiporacle.controller.evaluate import EvalSettings
     from skiporacle.controller.run import run_controller
-    from functools import lru_cache
+    from functools import lru_cache, partial
 
+    from skiporacle.oracle.commands import device_of
     from skiporacle.oracle.inputs import load_named_model
 
     if args.folds < 2:
@@ -24,7 +25,8 @@ def controller(args: argparse.Namespace) -> int:
     run = Path(args.run)
     out = Path(args.out) if args.out else run / ("controller" if not args.train else f"controller-from-{Path(args.train).name}")
     settings = EvalSettings(tolerance=args.tolerance, folds=args.folds, seed=args.seed, resamples=args.resamples)
-    result = run_controller(run, out, Path(args.train) if args.train else None, settings, lru_cache(maxsize=1)(load_named_model))  # the train and test runs share a model
+    load = lru_cache(maxsize=1)(partial(load_named_model, device=device_of(args)))  # the train and test runs share a model
+    result = run_controller(run, out, Path(args.train) if args.train else None, settings, load)
     lo_hi = result["intervals"]
     print(f"skiporacle: {result['mode']} on {result['sequences']} sequences of {run} "
           f"({result['labels']} labels); wrote {out / 'controller.json'} and {out / 'controller.png'}")

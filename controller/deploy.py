@@ -22,7 +22,8 @@ from skiporacle.controller.decide import threshold_choices
 from skiporacle.controller.model import Fitted
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.features import prefill_features
-from skiporacle.eval.generate import Generation, encode_prompts, eos_ids, greedy_decode, left_pad, output_text, plan_batches
+from skiporacle.eval.batching import left_pad, plan_for
+from skiporacle.eval.generate import Generation, encode_prompts, eos_ids, greedy_decode, output_text
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
@@ -56,16 +57,16 @@ def generate_with_controller(
     outputs: list[Generation | None] = [None] * len(prompts)
     choices = [0] * len(prompts)
     decide = 0.0
-    batches = plan_batches([len(r) for r in rows], model.config.get_text_config().num_attention_heads, max_batch)
+    batches = plan_for(model, [len(r) for r in rows], max_batch)
     for batch in batches:
-        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
+        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
         shared, features = prefill_features(model, ids[:, :-1], mask[:, :-1], DynamicCache())
         started = time.perf_counter()
-        prob, _ = fitted.predict(features.numpy().astype("float64"))
+        prob, _ = fitted.predict(features.cpu().numpy().astype("float64"))
         chosen = threshold_choices(prob, costs, tau)
         decide += time.perf_counter() - started
         for a in sorted(set(chosen.tolist())):
-            picked = torch.tensor([b for b in range(len(batch)) if chosen[b] == a])
+            picked = torch.tensor([b for b in range(len(batch)) if chosen[b] == a], device=model.device)
             allocation = allocations[a]
             cache = AllocationCache(allocation.layers, rows_of(shared, picked), reserve=max_new_tokens + 1)
             generated = greedy_decode(allocation_view(model, allocation), cache, ids[picked, -1], mask[picked],

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from skiporacle.eval.attention import attention_with_lse
 from skiporacle.eval.model import allocation_view, decoder_layers
 from skiporacle.search.allocation import Allocation
 
@@ -101,33 +102,14 @@ def _lanes(model: PreTrainedModel, allocations: Sequence[Allocation], batch: int
         layer_lanes = []
         for module, candidates in per_module.values():
             C = len(candidates)
-            b = torch.arange(batch).repeat_interleave(C)
-            c = torch.arange(C).repeat(batch)
-            rows = b * K + torch.tensor(candidates)[c]
+            b = torch.arange(batch, device=weight.device).repeat_interleave(C)
+            c = torch.arange(C, device=weight.device).repeat(batch)
+            rows = b * K + torch.tensor(candidates, device=weight.device)[c]
             buffer = (batch * C, kv_heads, steps, head_dim)
             layer_lanes.append(Lane(module, tuple(candidates), rows, b * C + c,
                                     weight.new_empty(buffer), weight.new_empty(buffer)))
         lanes.append(layer_lanes)
     return lanes
-
-
-def attention_with_lse(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
-                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention [N, h, Q, hd] and its log-sum-exp [N, h, Q] (float32) over keys/values [N, h, S, hd].
-
-    `bias` [N, 1, 1, S] (0 or -inf) masks keys.  On the CPU this is the fused
-    kernel behind `scaled_dot_product_attention`, which returns the log-sum-exp
-    too; elsewhere the same computed step by step.
-    """
-    if query.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, keys, values, 0.0, False, attn_mask=bias, scale=scale)
-        return out, lse.float()
-    scores = (query @ keys.transpose(-1, -2)).float() * scale
-    if bias is not None:
-        scores = scores + bias
-    lse = torch.logsumexp(scores, -1)
-    return (torch.exp(scores - lse[..., None].clamp_min(-1e30)).to(values.dtype) @ values), lse
 
 
 def _attention(lane: Lane, query: torch.Tensor, step: int, prefix_keys: torch.Tensor, prefix_values: torch.Tensor,
@@ -199,7 +181,7 @@ def decode_candidates(
     no tokens.  Candidates are decoded in chunks (see OWN_CACHE_BYTES).
     """
     B = len(first)
-    decode = torch.ones(B, dtype=torch.bool) if decode is None else decode
+    decode = torch.ones(B, dtype=torch.bool, device=first.device) if decode is None else decode
     config = model.config.get_text_config()
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     layer_row_bytes = 2 * config.num_key_value_heads * steps * head_dim * model.get_output_embeddings().weight.element_size()
@@ -232,31 +214,38 @@ def _decode_chunk(model, allocations, prompt_cache, prefix_mask, first, steps, e
     lanes = _lanes(model, allocations, B, steps)
     prefixes = _prefixes(model, prompt_cache, B)
     dtype = model.get_output_embeddings().weight.dtype
-    bias = torch.zeros(prefix_mask.shape, dtype=dtype).masked_fill(prefix_mask == 0, float("-inf"))[:, None, None, :]
+    bias = torch.zeros(prefix_mask.shape, dtype=dtype, device=prefix_mask.device)
+    bias = bias.masked_fill(prefix_mask == 0, float("-inf"))[:, None, None, :]
     empty = ~prefix_mask.bool().any(-1)  # [B] sequences with nothing before the fed token
     start = prefix_mask.sum(-1)  # [B] position of the first fed token
-    eos_ids = torch.tensor(sorted(eos), dtype=torch.long)
+    eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=first.device)
     out = [[[] for _ in range(K)] for _ in range(B)]
     tokens = first.repeat_interleave(K)  # [R]
     alive = decode.repeat_interleave(K)
     for layer_lanes in lanes:
         for lane in layer_lanes:
             lane.keep(alive)
-    for step in range(steps if bool(alive.any()) else 0):
+    live = alive.nonzero().squeeze(-1)  # [n] live rows, on the device ...
+    live_rows = live.tolist()  # ... and on the host
+    for step in range(steps if live_rows else 0):
         hidden = base.embed_tokens(tokens)  # [R, D]; dead rows are carried but never computed
         cos, sin = base.rotary_emb(hidden, (start + step)[None])  # [1, B, hd]
         for layer, layer_lanes in enumerate(lanes):
             for lane in layer_lanes:
                 if len(lane.rows):
                     _run_lane(lane, hidden, cos[0], sin[0], step, prefixes[layer], bias, empty, K, rotate)
-        live = alive.nonzero().squeeze(-1)
-        tokens[live] = model.get_output_embeddings()(base.norm(hidden[live])).argmax(-1)
-        for row, token in zip(live.tolist(), tokens[live].tolist()):
+        predicted = model.get_output_embeddings()(base.norm(hidden[live])).argmax(-1)
+        tokens[live] = predicted
+        ended = torch.isin(predicted, eos_ids)
+        host_tokens, host_ended = torch.stack([predicted, ended.long()]).tolist()  # the step's one copy to the host
+        for row, token in zip(live_rows, host_tokens):
             out[row // K][row % K].append(token)
-        alive[live[torch.isin(tokens[live], eos_ids)]] = False
-        if not bool(alive.any()):
-            break
-        for layer_lanes in lanes:
-            for lane in layer_lanes:
-                lane.keep(alive)
+        if any(host_ended):
+            alive[live[ended]] = False
+            live, live_rows = live[~ended], [r for r, e in zip(live_rows, host_ended) if not e]
+            if not live_rows:
+                break
+            for layer_lanes in lanes:
+                for lane in layer_lanes:
+                    lane.keep(alive)
     return out

@@ -65,25 +65,28 @@ def greedy_decode(
     `margins`, if given (one list per row), gets each token's `top2_margin`.
     """
     out: list[list[int]] = [[] for _ in range(len(last_prompt_token))]
-    live = torch.arange(len(last_prompt_token))
+    live = list(range(len(last_prompt_token)))  # the rows still decoding, on the host
     tokens = last_prompt_token
     position = mask.sum(-1) - 1
-    eos_tensor = torch.tensor(sorted(eos), dtype=torch.long)
+    eos_tensor = torch.tensor(sorted(eos), dtype=torch.long, device=tokens.device)
     for step in range(max_new_tokens):
         logits = decode_one_token(view, tokens, mask, position, cache)
         tokens = logits.argmax(-1)
-        for row, token in zip(live.tolist(), tokens.tolist()):
+        done = torch.isin(tokens, eos_tensor)
+        host_tokens, host_done = torch.stack([tokens, done.long()]).tolist()  # the step's one copy to the host
+        for row, token in zip(live, host_tokens):
             out[row].append(token)
         if margins is not None:
-            for row, gap in zip(live.tolist(), top2_margin(logits).tolist()):
+            for row, gap in zip(live, top2_margin(logits).tolist()):
                 margins[row].append(gap)
-        done = torch.isin(tokens, eos_tensor)
-        if step + 1 == max_new_tokens or bool(done.all()):
+        if step + 1 == max_new_tokens or all(host_done):
             break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(-1)
+        if any(host_done):
+            kept = [i for i, d in enumerate(host_done) if not d]
+            keep = torch.tensor(kept, dtype=torch.long, device=tokens.device)
             cache.batch_select_indices(keep)
-            live, tokens, mask, position = live[keep], tokens[keep], mask[keep], position[keep]
+            live = [live[i] for i in kept]
+            tokens, mask, position = tokens[keep], mask[keep], position[keep]
         mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
         position = position + 1
     return out
@@ -109,7 +112,7 @@ def decode_after(
     live = [row for row, token in enumerate(first.tolist()) if token not in eos]
     if max_new_tokens <= 1 or not live:
         return out
-    keep = torch.tensor(live, dtype=torch.long)
+    keep = torch.tensor(live, dtype=torch.long, device=first.device)
     if len(live) < len(first):
         cache.batch_select_indices(keep)
     mask = torch.cat([mask[keep], mask.new_ones(len(live), 1)], dim=-1)

@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.data.errors import BadInput
-from skiporacle.eval.generate import encode_prompts, left_pad, plan_batches, positions
+from skiporacle.eval.batching import left_pad, plan_for
+from skiporacle.eval.decode import positions
+from skiporacle.eval.generate import encode_prompts
 from skiporacle.eval.model import decoder_layers
 
 FEATURE_VERSION = 1  # bump when the feature definition changes: a saved controller records it
@@ -101,10 +103,10 @@ def prompt_features(
     """Features [N, F] of every prompt (float32), batched exactly as the engine batches its prefills."""
     rows = encode_prompts(tokenizer, prompts)
     result: list[np.ndarray | None] = [None] * len(prompts)
-    batches = plan_batches([len(r) for r in rows], model.config.get_text_config().num_attention_heads, max_batch)
+    batches = plan_for(model, [len(r) for r in rows], max_batch)
     for batch in tqdm(batches, disable=not progress, unit="batch", desc="features"):
-        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
+        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
         _, features = prefill_features(model, ids[:, :-1], mask[:, :-1], DynamicCache())
         for b, i in enumerate(batch):
-            result[i] = features[b].numpy()
+            result[i] = features[b].cpu().numpy()
     return np.stack(result)  # type: ignore[arg-type]

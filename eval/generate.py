@@ -26,16 +26,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
+from skiporacle.eval.batching import left_pad, plan_batches, plan_for, split_on_oom  # noqa: F401 (plan_batches re-exported)
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.crossdecode import decode_candidates, unsupported_reason
 from skiporacle.eval.decode import decode_after, greedy_decode, positions, prefill, prefill_predict, prefill_shared, top2_margin  # noqa: F401 (re-exported)
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
-# Per prefill batch: at most this many padded prompt tokens, and attention
-# scores (batch x heads x P x P floats) of at most this many bytes.
-TOKENS_PER_BATCH = 32768
-SCORE_BYTES_PER_BATCH = 1 << 30
 FIRST_TOKEN = ("allocation", "full")  # who predicts the first generated token (see above)
 DECODERS = ("together", "per-candidate")  # all allocations in one decode loop, or one after another (reference)
 
@@ -61,46 +58,6 @@ def eos_ids(model: PreTrainedModel, tokenizer) -> frozenset[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return frozenset(ids)
-
-
-def plan_batches(lengths: Sequence[int], num_heads: int, max_batch: int = 0) -> list[list[int]]:
-    """Group sequence indices into prefill batches of similar lengths, longest first.
-
-    Sorting by length keeps left padding small (mixed lengths double prefill
-    cost).  A batch must keep its padded tokens and attention-score memory
-    under the module's limits, so batch size follows model and prompt sizes;
-    `max_batch` > 0 also caps the sequences per batch.  Batches are filled
-    greedily, then the shortest sequences of each batch move to the next one
-    while that evens out their sizes, so no batch is left nearly empty (a batch
-    of one decodes several times slower per token than a batch of 16).
-    """
-    def fits(group: list[int]) -> bool:
-        size, width = len(group), lengths[group[0]]
-        return (size * width <= TOKENS_PER_BATCH and size * num_heads * width * width * 4 <= SCORE_BYTES_PER_BATCH
-                and (max_batch <= 0 or size <= max_batch))
-
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        if batches and fits(batches[-1] + [i]):
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    for j in range(len(batches) - 1, 0, -1):
-        previous, current = batches[j - 1], batches[j]
-        while len(current) < len(previous) - 1 and fits([previous[-1]] + current):
-            current.insert(0, previous.pop())
-    return batches
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids [B, P] and attention_mask [B, P], padded on the left."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[b, width - len(row) :] = 1
-    return ids, mask
 
 
 @torch.inference_mode()
@@ -133,7 +90,7 @@ def generate_batch(
         raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    ids, mask = left_pad(rows, pad_id)
+    ids, mask = left_pad(rows, pad_id, model.device)
     together = (decoder == "together" and not prompt_under_allocation and margins is None
                 and unsupported_reason(model, ids.shape[1] + max_new_tokens) is None)
     if together:
@@ -182,7 +139,7 @@ def _decode_together(model, ids, mask, allocations, max_new_tokens, eos, first_t
         return [[()] * len(allocations) for _ in range(len(ids))]
     cache, logits = prefill_shared(model, ids, mask, predict=True)
     first = logits.argmax(-1)
-    going = ~torch.isin(first, torch.tensor(sorted(eos), dtype=torch.long))
+    going = ~torch.isin(first, torch.tensor(sorted(eos), dtype=torch.long, device=first.device))
     generated = decode_candidates(model, allocations, cache, mask, first, max_new_tokens - 1, eos, going)
     return [[(head,) + tuple(tokens) for tokens in row] for head, row in zip(first.tolist(), generated)]
 
@@ -202,7 +159,7 @@ def generate_candidates(
 ) -> list[list[Generation]]:
     """Greedy outputs [sequence][allocation] for every prompt under every allocation.
 
-    Tokenises and plans the prompts (`plan_batches`), then runs each batch with
+    Tokenises and plans the prompts (`plan_for`), then runs each batch with
     `generate_batch`: the full-model prompt cache of a batch is computed once
     and shared by all allocations (with `prompt_under_allocation` each
     allocation reads the prompt with its own layers instead, so nothing is
@@ -218,17 +175,19 @@ def generate_candidates(
     eos = eos_ids(model, tokenizer)
     results: list[list[Generation]] = [[] for _ in prompts]
     gaps: list = [None] * len(prompts)
-    batches = plan_batches([len(r) for r in rows], model.config.get_text_config().num_attention_heads, max_batch)
     bar = tqdm(total=len(prompts) * len(allocations), disable=not progress, unit="gen", desc="generate")
-    for batch in batches:
-        batch_gaps = [] if margins is not None else None
-        generated = generate_batch(model, [rows[i] for i in batch], allocations, max_new_tokens, eos,
+
+    def run(part: list[int]) -> list[tuple[list[tuple[int, ...]], list | None]]:
+        part_gaps = [] if margins is not None else None
+        generated = generate_batch(model, [rows[i] for i in part], allocations, max_new_tokens, eos,
                                    tokenizer.pad_token_id, prompt_under_allocation, first_token, bar, decoder,
-                                   batch_gaps)
-        for i, per_allocation in zip(batch, generated):
+                                   part_gaps)
+        return list(zip(generated, part_gaps or [None] * len(part)))
+
+    for batch in plan_for(model, [len(r) for r in rows], max_batch):  # a batch out of GPU memory runs in halves
+        for i, (per_allocation, per_gaps) in zip(batch, split_on_oom(run, batch)):
             results[i] = [Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in per_allocation]
-        for i, per_allocation in zip(batch, batch_gaps or []):
-            gaps[i] = per_allocation
+            gaps[i] = per_gaps
     if margins is not None:
         margins.extend(gaps)
     bar.close()

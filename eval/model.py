@@ -23,6 +23,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from skiporacle.data.errors import BadInput
+from skiporacle.eval.device import placed
+from skiporacle.eval.memory import check_fits
 from skiporacle.search.allocation import Allocation
 
 # name -> (package that ships the GGUF file, file name inside it)
@@ -84,16 +86,21 @@ def _convert_gguf(name: str, folder: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, object]:
-    """Load (model, tokenizer) in eval mode, never touching the network.
+def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> tuple[PreTrainedModel, object]:
+    """Load (model, tokenizer) in eval mode onto `device`, never touching the network.
 
-    The tokenizer pads on the left (batched generation needs it) and always has
-    a pad token.
+    A model whose weights cannot fit in the device's available memory is
+    refused before loading (`memory.check_fits`).  The tokenizer pads on the
+    left (batched generation needs it) and always has a pad token.
     """
     path = resolve_model(name)
+    device = placed(device)
+    check_fits(path, name, dtype, device)
     hf_logging.disable_progress_bar()
+    where = {} if device.type == "cpu" else {"device_map": {"": str(device)}}  # straight onto the GPU
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, **where)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise BadInput(f"model {name!r}: cannot load ({str(err).splitlines()[0]})") from None
@@ -105,10 +112,11 @@ def load_model(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) ->
     return model, tokenizer
 
 
-def timed_load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, object, float]:
+def timed_load(name: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> tuple[PreTrainedModel, object, float]:
     """`load_model` plus its wall time in seconds."""
     start = time.perf_counter()
-    model, tokenizer = load_model(name, dtype)
+    model, tokenizer = load_model(name, dtype, device)
     return model, tokenizer, time.perf_counter() - start
 
 
@@ -169,13 +177,14 @@ def allocation_view(model: PreTrainedModel, allocation: Allocation) -> PreTraine
     """
     if not allocation.weights:
         return layer_view(model, allocation.layers)
-    healed = _healed_layers(allocation.weights, allocation.layers, model.dtype)
+    healed = _healed_layers(allocation.weights, allocation.layers, model.dtype, model.device)
     return layer_view(model, allocation.layers, healed)
 
 
 @lru_cache(maxsize=8)
-def _healed_layers(folder: str, layers: tuple[int, ...], dtype: torch.dtype) -> tuple[nn.Module, ...]:
-    healed = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).eval()
+def _healed_layers(folder: str, layers: tuple[int, ...], dtype: torch.dtype,
+                   device: torch.device = torch.device("cpu")) -> tuple[nn.Module, ...]:
+    healed = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).eval().to(device)
     modules = tuple(decoder_layers(healed))
     if len(modules) != len(layers):
         raise BadInput(f"healed variant {folder!r} has {len(modules)} layers, its allocation {len(layers)}")

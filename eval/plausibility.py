@@ -24,7 +24,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
-from skiporacle.eval.generate import encode_prompts, left_pad, plan_batches, prefill
+from skiporacle.eval.batching import left_pad, plan_for
+from skiporacle.eval.decode import prefill
+from skiporacle.eval.generate import encode_prompts
 from skiporacle.eval.model import num_layers
 from skiporacle.eval.teacher_forcing import teacher_forced_hidden
 
@@ -43,9 +45,8 @@ def output_nll(model: PreTrainedModel, tokenizer, prompts: Sequence[str], output
     result = [[math.inf] * k for _ in prompts]
     runs = tuple(range(num_layers(model)))
     head = model.get_output_embeddings()
-    heads = model.config.get_text_config().num_attention_heads
-    for batch in tqdm(plan_batches([len(r) for r in rows], heads), disable=not progress, unit="batch", desc="plausibility"):
-        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
+    for batch in tqdm(plan_for(model, [len(r) for r in rows]), disable=not progress, unit="batch", desc="plausibility"):
+        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
         shared = prefill(model, ids[:, :-1], mask[:, :-1], DynamicCache())
         for column in range(k):
             lengths = [len(tokens[i][column]) for i in batch]
@@ -54,6 +55,7 @@ def output_nll(model: PreTrainedModel, tokenizer, prompts: Sequence[str], output
             targets = torch.full((len(batch), max(lengths)), tokenizer.pad_token_id, dtype=torch.long)
             for b, i in enumerate(batch):
                 targets[b, : lengths[b]] = torch.tensor(tokens[i][column], dtype=torch.long)
+            targets = targets.to(model.device)
             hidden = teacher_forced_hidden(model, shared, runs, ids[:, -1], mask, targets)
             logits = head(hidden).float()  # [B, T, V]
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T]

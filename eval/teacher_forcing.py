@@ -19,7 +19,9 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from skiporacle.eval.generate import FIRST_TOKEN, encode_prompts, left_pad, plan_batches, positions, prefill
+from skiporacle.eval.batching import left_pad, plan_for
+from skiporacle.eval.decode import positions, prefill
+from skiporacle.eval.generate import FIRST_TOKEN, encode_prompts
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
@@ -69,13 +71,13 @@ def teacher_forced_passes(
     rows = encode_prompts(tokenizer, prompts)
     results: list[list[object]] = [[None] * len(allocations) for _ in prompts]
     head = model.get_output_embeddings()
-    heads = model.config.get_text_config().num_attention_heads
-    for batch in plan_batches([len(r) + len(c) for r, c in zip(rows, continuations)], heads):
-        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id)
+    for batch in plan_for(model, [len(r) + len(c) for r, c in zip(rows, continuations)]):
+        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
         width = max(len(continuations[i]) for i in batch)
         targets = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         for b, i in enumerate(batch):
             targets[b, : len(continuations[i])] = torch.tensor(continuations[i], dtype=torch.long)
+        targets = targets.to(model.device)
         if first_token == "full":
             shared = DynamicCache()
             first = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), cache=shared,

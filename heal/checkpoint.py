@@ -57,7 +57,7 @@ def load_checkpoint(partial: Path, settings: dict) -> dict | None:
     path = partial / CHECKPOINT
     if not path.exists():
         return None
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=False, map_location="cpu")  # restore() copies onto the student's device
     stored, now = {**state["settings"], "steps": None}, {**settings, "steps": None}
     refuse_other_settings(partial, stored, now, list(now))
     if len(state["losses"]) > settings["steps"]:

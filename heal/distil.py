@@ -48,7 +48,7 @@ def kl_per_token(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, m
 
 def teacher_logprobs(teacher: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> torch.Tensor:
     """The full model's next-token log-probabilities [B, L, V] (float32, no grad)."""
-    with torch.no_grad(), _autocast(bf16):
+    with torch.no_grad(), _autocast(bf16, ids.device):
         logits = teacher(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return F.log_softmax(logits.float(), dim=-1)
 
@@ -56,7 +56,7 @@ def teacher_logprobs(teacher: PreTrainedModel, ids: torch.Tensor, mask: torch.Te
 def train_step(student, optimizer, teacher, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> float:
     """One AdamW step on windows ids [B, L]; returns the batch's KL (nats per token)."""
     target = teacher_logprobs(teacher, ids, mask, bf16)
-    with _autocast(bf16):
+    with _autocast(bf16, ids.device):
         logits = student(input_ids=ids, attention_mask=mask, use_cache=False).logits
     loss = kl_per_token(logits, target, mask)
     optimizer.zero_grad(set_to_none=True)
@@ -76,7 +76,7 @@ def held_out_kl(student, teacher, texts: list[HealText], batch_size: int, pad_id
     try:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
-                ids, mask = pad_batch(texts[start : start + batch_size], pad_id)
+                ids, mask = pad_batch(texts[start : start + batch_size], pad_id, teacher.device)
                 logits = student(input_ids=ids, attention_mask=mask, use_cache=False).logits
                 n = int(mask.sum())
                 total += float(kl_per_token(logits, teacher_logprobs(teacher, ids, mask, False), mask)) * n
@@ -128,7 +128,7 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
     bar = tqdm(total=settings.steps, initial=len(losses), unit="step", desc=f"heal {settings.spec}", disable=not progress)
     for step in range(len(losses), settings.steps):
         start = time.perf_counter()
-        ids, mask = pad_batch(batch_at(step, train, settings), pad_id)
+        ids, mask = pad_batch(batch_at(step, train, settings), pad_id, teacher.device)
         losses.append(train_step(student, optimizer, teacher, ids, mask, settings.bf16))
         seconds += time.perf_counter() - start
         bar.set_postfix(kl=f"{np.mean(losses[-10:]):.3f}")
@@ -157,8 +157,8 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
     return metadata
 
 
-def _autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+def _autocast(bf16: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def refuse_existing(out: Path) -> None:

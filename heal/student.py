@@ -43,6 +43,7 @@ def build_student(base: PreTrainedModel, layers: tuple[int, ...], lora_rank: int
             name = f"{prefix}{position[int(index)]}.{rest}"
         state[name] = tensor.clone()
     student.load_state_dict(state, strict=True)
+    student.to(base.device)
     student.generation_config = copy.deepcopy(base.generation_config)
     for name, parameter in student.named_parameters():
         parameter.requires_grad = name.startswith(prefix) and not lora_rank

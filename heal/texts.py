@@ -72,12 +72,13 @@ def heal_texts(examples: Sequence[tuple[Task, Example]], tokenizer, seq_len: int
     return out
 
 
-def pad_batch(texts: Sequence[HealText], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """input_ids [B, L] and attention_mask [B, L], right-padded (every window starts at position 0)."""
+def pad_batch(texts: Sequence[HealText], pad_id: int,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids [B, L] and attention_mask [B, L] on `device`, right-padded (every window starts at position 0)."""
     width = max(len(t.tokens) for t in texts)
     ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(texts), width), dtype=torch.long)
     for b, text in enumerate(texts):
         ids[b, : len(text.tokens)] = torch.tensor(text.tokens)
         mask[b, : len(text.tokens)] = 1
-    return ids, mask
+    return ids.to(device), mask.to(device)

@@ -1,6 +1,7 @@
 """The `skiporacle` command: generate, heal, oracle, perplexity, dump, curves, report.
 
-Bad input of any kind ends with one line on stderr and exit code 2.
+Bad input of any kind ends with one line on stderr and exit code 2.  Every command that runs a model takes
+`--device auto|cpu|cuda[:N]` (see skiporacle.eval.device).
 """
 
 from __future__ import annotations
@@ -43,12 +44,20 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                          "'### Input: {input}\\n\\n### Output:' (or the task's labels); no other text is interpreted"))
 
 
+def _add_device(p) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
+                   help=("where the model runs (default: auto, a GPU if torch sees one, else the CPU). cuda with "
+                         "--workers K puts worker k on GPU k mod the visible count; cuda:N pins GPU N. "
+                         "Not part of settings.json: a run resumes on another device"))
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and decoding")
     g.add_argument("--model", default=DEFAULTS.model,
                    help=f"embedded model name (smollm2-135m) or a local Hugging Face model folder (default: {DEFAULTS.model})")
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), default=DEFAULTS.dtype,
-                   help=f"weights and compute (default: {DEFAULTS.dtype})")
+    _add_device(g)
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="weights and compute (default: float32 on the CPU, bfloat16 on a GPU); part of settings.json")
     defaults = ", ".join(f"{name} {n}" for name, n in max_new_tokens_defaults().items())
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help=f"greedy tokens per sequence at most (default: the task's: {defaults})")
@@ -109,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     hea.add_argument("--batch-size", type=int, default=HEAL.batch_size, help=f"windows per step (default: {HEAL.batch_size})")
     hea.add_argument("--seq-len", type=int, default=HEAL.seq_len, help=f"tokens per window (default: {HEAL.seq_len})")
     hea.add_argument("--bf16", action="store_true", help="bfloat16 autocast (~1.6x faster on CPU; weights stay float32)")
+    _add_device(hea)
     hea.add_argument("--lora", type=int, default=HEAL.lora_rank, metavar="RANK", help="train LoRA adapters of this rank instead of all weights (needs peft)")
     hea.add_argument("--seed", type=int, default=HEAL.seed, help=f"seed of the data order and LoRA init (default: {HEAL.seed})")
     hea.add_argument("--sources", default=",".join(HEAL.sources),
@@ -163,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     con.add_argument("--seed", type=int, default=0, help="seed of the fold assignment and the bootstrap (default: 0)")
     con.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples over sequences (default: {RESAMPLES})")
     con.add_argument("--out", help="output folder (default: RUN/controller, or RUN/controller-from-TRAIN with --train)")
+    _add_device(con)
 
     rnk = sub.add_parser("rank", help="rank layers by importance on fixed rows, for --importance",
                          description=("Measure the importance order (the damage of removing each layer alone: perplexity "
@@ -178,11 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "A candidate whose NLL exceeds the full output's by more than --margin cannot match."))
     pla.add_argument("--run", required=True, help="run folder")
     pla.add_argument("--margin", type=float, default=2.0, help="plausibility margin in nats/token (default: 2.0)")
+    _add_device(pla)
 
     ppl = sub.add_parser("perplexity", help="perplexity of the references under each candidate of a run",
                          description=("Teacher-forced perplexity of each sequence's first reference under every candidate "
                                       "of a run (prompt read by the full model); writes RUN/perplexity.json."))
     ppl.add_argument("--run", required=True, help="run folder")
+    _add_device(ppl)
 
     dmp = sub.add_parser("dump", help="export a run as one row per sequence x candidate",
                          description="Export runs/NAME/allocations.jsonl as a table, one row per sequence and candidate.")
@@ -197,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--similarity", type=int, default=0, metavar="N",
                      help=("also run the model on N sequences for similarity.png, the hidden-state similarity study "
                            "(default: 0, the model is not run; `make curves` passes 16)"))
+    _add_device(cur)
 
     rep = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)",
                          description=("Write a single HTML file that opens from disk: settings, headline figures with "
@@ -215,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from skiporacle.oracle import commands, run_commands
 
+        if hasattr(args, "device"):
+            commands.device_of(args)  # a device not usable here is refused before any work
         return (getattr(commands, args.command, None) or getattr(run_commands, args.command))(args)
     except BadInput as err:
         print(f"skiporacle: error: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from skiporacle.data.errors import BadInput
 from skiporacle.data.tasks import check_prompt_options
+from skiporacle.eval.device import default_dtype, resolve_device
 from skiporacle.oracle.candidates import parse_spaces
 from skiporacle.oracle.inputs import load_examples, load_inputs, load_named_model
 from skiporacle.oracle.run import run_oracle
@@ -17,7 +18,14 @@ from skiporacle.oracle.settings import DEFAULTS, OracleSettings
 from skiporacle.search.spaces import parse_budgets
 
 
-def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: tuple[int, ...] = ()) -> OracleSettings:
+def device_of(args: argparse.Namespace) -> str:
+    """The device named by --device (default auto), checked: BadInput for one not usable here."""
+    return str(resolve_device(getattr(args, "device", None)))
+
+
+def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: tuple[int, ...] = (),
+              device: str | None = None) -> OracleSettings:
+    """The run's settings from the arguments; --dtype defaults to the device's (float32 on the CPU)."""
     for name, value, low in (("--limit", args.limit, 1), ("--offset", args.offset, 0),
                              ("--max-new-tokens", args.max_new_tokens, 1),
                              ("--calibration", getattr(args, "calibration", 0), 0),
@@ -32,7 +40,7 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
         model=args.model, task=args.task if not args.data else "file", data_file=args.data,
         input_field=args.input_field, reference_field=args.reference_field, id_field=args.id_field,
         limit=args.limit, offset=args.offset, spaces=spaces, budgets=budgets, metric=args.metric or "",
-        max_new_tokens=args.max_new_tokens or 0, dtype=args.dtype, seed=getattr(args, "seed", 0),
+        max_new_tokens=args.max_new_tokens or 0, dtype=args.dtype or default_dtype(device or device_of(args)), seed=getattr(args, "seed", 0),
         tolerance=getattr(args, "tolerance", 0.0), calibration=getattr(args, "calibration", 0),
         prompt_under_allocation=args.prompt_under_allocation, batch_size=args.batch_size,
         importance_file=getattr(args, "importance", None), first_token=getattr(args, "first_token", "allocation"),
@@ -62,8 +70,9 @@ def generate(args: argparse.Namespace) -> int:
     from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
     from skiporacle.search.allocation import parse_spec
 
-    settings = _settings(args)
-    model, tokenizer = load_named_model(settings.model, settings.dtype)
+    device = device_of(args)
+    settings = _settings(args, device=device)
+    model, tokenizer = load_named_model(settings.model, settings.dtype, device)
     inputs = load_inputs(settings, model, tokenizer)
     if args.controller:
         from skiporacle.controller.commands import deploy
@@ -98,10 +107,11 @@ def oracle(args: argparse.Namespace) -> int:
     budgets = tuple(parse_budgets(args.budgets, 10**6))
     if args.scheduler and not args.scheduler.startswith("tcp://"):
         raise BadInput(f"--scheduler {args.scheduler!r}: expected tcp://HOST:PORT")
-    settings = _settings(args, spaces, budgets)
+    device = device_of(args)
+    settings = _settings(args, spaces, budgets, device)
     out = Path(args.out)
     summary = run_oracle(settings, out, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
-                         threads=args.threads)
+                         threads=args.threads, device=device)
     rule, exact, knap = summary["rule"], summary["rule_exact"], summary["knapsack"]
     reach = knap["percent_layers_at_full_quality"]
     print(f"skiporacle: {summary['sequences']} sequences in {out / 'allocations.jsonl'} "
@@ -137,8 +147,9 @@ def rank(args: argparse.Namespace) -> int:
     from skiporacle.eval.ranking import cached_drop_order
     from skiporacle.oracle.records import check_writable
 
-    settings = _settings(args)
-    model, tokenizer = load_named_model(settings.model, settings.dtype)
+    device = device_of(args)
+    settings = _settings(args, device=device)
+    model, tokenizer = load_named_model(settings.model, settings.dtype, device)
     inputs = load_inputs(_replace(settings, calibration=0), model, tokenizer)
     target = Path(args.out)
     check_writable(target.parent)

@@ -14,9 +14,9 @@ from skiporacle.eval.model import load_model, num_layers
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def load_named_model(name: str, dtype: str):
-    """(model, tokenizer) of a model name or folder, in the dtype named by `--dtype`."""
-    return load_model(name, DTYPES[dtype])
+def load_named_model(name: str, dtype: str, device: str = "cpu"):
+    """(model, tokenizer) of a model name or folder, in the dtype named by `--dtype`, on `device`."""
+    return load_model(name, DTYPES[dtype], device)
 
 
 @dataclass(frozen=True)

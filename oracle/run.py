@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import asdict
 from functools import partial
@@ -18,7 +20,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from skiporacle.eval.generate import encode_prompts, plan_batches
+from skiporacle.eval.batching import plan_for
+from skiporacle.eval.device import describe
+from skiporacle.eval.generate import encode_prompts
 from skiporacle.oracle.candidates import build_candidates, pinned_candidates
 from skiporacle.oracle.inputs import load_inputs, load_named_model
 from skiporacle.oracle.records import SUMMARY, append_records, check_writable, open_run, pin_candidates
@@ -30,24 +34,28 @@ from skiporacle.oracle.workers import run_calls, score_in_worker, score_rows
 
 def run_oracle(
     settings: OracleSettings, out: Path, resume: bool = False, workers: int = 1, scheduler: str | None = None,
-    progress: bool = True, threads: int | None = None,
+    progress: bool = True, threads: int | None = None, device: str = "cpu",
 ) -> dict:
     """Run (or resume) the oracle into `out`; return the summary (also written to summary.json).
 
     Records are appended in the order of the batch plan, whatever order workers
     finish in.  `threads`: torch threads per scoring process (default: this
     process's count, or cores / workers with workers); summary.json records it.
+    `device`: where the model runs (never part of the settings, so a run resumes
+    on another machine); with "cuda" and workers, worker k takes GPU k mod the
+    visible count.
     """
     start = time.perf_counter()
     check_writable(out)
-    model, tokenizer = load_named_model(settings.model, settings.dtype)
+    model, tokenizer = load_named_model(settings.model, settings.dtype, str(device))
     inputs = load_inputs(settings, model, tokenizer)
     done = open_run(out, fingerprint(settings, out if resume else None), resume)
     allocations = build_candidates(settings, inputs, out, model, tokenizer, progress)
     pin_candidates(out, pinned_candidates(allocations))
     rows = encode_prompts(tokenizer, inputs.prompts)
-    batches = plan_batches([len(r) for r in rows], model.config.get_text_config().num_attention_heads,
-                           settings.batch_size)
+    # On a GPU, room is kept for a worker's own copy of the weights, so that the plan is the same with or without workers.
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    batches = plan_for(model, [len(r) for r in rows], settings.batch_size, spare=weights)
     todo = [b for b in batches if any(inputs.ids[i] not in done for i in b)]
     if not todo and (out / SUMMARY).exists():  # a finished run resumed: nothing to score, keep its timings
         return {**resummarize(out), "resumed_sequences": len(done)}
@@ -60,7 +68,9 @@ def run_oracle(
     scored = inputs.scored_references()
     calls = [(settings, [rows[i] for i in batch], [scored[i] for i in batch], allocations, threads,
               progress and in_process) for batch in todo]
-    score = partial(score_rows, model, tokenizer) if in_process else score_in_worker
+    claims = None if in_process or str(device) != "cuda" else tempfile.mkdtemp(prefix="skiporacle-gpus-")
+    score = partial(score_rows, model, tokenizer) if in_process else partial(score_in_worker, str(device), claims,
+                                                                              workers)
     try:
         for batch, table in zip(todo, run_calls(score, calls, workers, scheduler)):
             records = [
@@ -73,11 +83,14 @@ def run_oracle(
             bar.update(len(records))
     finally:
         torch.set_num_threads(saved_threads)  # score_rows set it in this process too
+        if claims is not None:
+            shutil.rmtree(claims, ignore_errors=True)
     bar.close()
     return summarize(out, settings_dict=asdict(settings), wall_seconds=time.perf_counter() - start,
-                     extra={"workers": workers, "resumed_sequences": resumed, "machine": _machine(threads)})
+                     extra={"workers": workers, "resumed_sequences": resumed, "machine": _machine(threads, device)})
 
 
-def _machine(threads: int) -> dict:
-    """Where the run was scored; `torch_threads` is the torch thread count of each scoring process."""
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": threads}
+def _machine(threads: int, device: str) -> dict:
+    """Where the run was scored; `torch_threads` is the torch thread count of each scoring process, `device`
+    the kind of device the model ran on (with a GPU's name and the visible count)."""
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": threads, **describe(device)}

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 from skiporacle.data.errors import BadInput
+from skiporacle.oracle.commands import device_of
 from skiporacle.oracle.inputs import load_named_model
 from skiporacle.oracle.records import load_run
 
@@ -64,7 +66,7 @@ def curves(args: argparse.Namespace) -> int:
     if args.similarity > 0:
         from skiporacle.eval.similarity import similarity
 
-        model, tokenizer = load_named_model(settings["model"], settings["dtype"])
+        model, tokenizer = load_named_model(settings["model"], settings["dtype"], device_of(args))
         n_layers = records[0]["full"]["cost"]
         budgets = [b for b in settings["budgets"] if b < n_layers]
         sims = similarity(model, tokenizer, records[: args.similarity], budgets)
@@ -86,7 +88,7 @@ def plausibility(args: argparse.Namespace) -> int:
     from skiporacle.oracle.summary import resummarize
 
     out = Path(args.run)
-    write_plausibility(out, args.margin, load_named_model)
+    write_plausibility(out, args.margin, partial(load_named_model, device=device_of(args)))
     guard = resummarize(out).get("guarded")  # the guard's own rule decides what counts as plausible
     if guard is None:
         print(f"skiporacle: wrote {out / 'plausibility.json'}; summary.json has no guarded block (see guarded_skipped)")
@@ -111,7 +113,7 @@ def perplexity(args: argparse.Namespace) -> int:
         raise BadInput(f"{str(out)!r} holds no finished sequence yet")
     n = records[0]["full"]["cost"]
     allocations = pinned_allocations(settings["candidates"], n)
-    model, tokenizer = load_named_model(settings["model"], settings["dtype"])
+    model, tokenizer = load_named_model(settings["model"], settings["dtype"], device_of(args))
     targets = [tokenizer(r["references"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
                for r in records]
     start = time.perf_counter()

@@ -16,7 +16,9 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from skiporacle.eval.batching import split_on_oom
 from skiporacle.eval.candidates import Candidate, score_batch
+from skiporacle.eval.device import claim_slot, worker_device
 from skiporacle.oracle.inputs import load_named_model
 
 T = TypeVar("T")
@@ -68,10 +70,14 @@ def _indexed(n, fn, *args):
     return n, fn(*args)
 
 
-@lru_cache(maxsize=2)
-def load_model_cached(name: str, dtype: str):
+def load_model_cached(name: str, dtype: str, device: str = "cpu"):
     """(model, tokenizer), loaded once per worker process: joblib and Dask workers reuse it across batches."""
-    return load_named_model(name, dtype)
+    return _loaded(name, dtype, str(device))
+
+
+@lru_cache(maxsize=2)
+def _loaded(name: str, dtype: str, device: str):
+    return load_named_model(name, dtype, device)
 
 
 def score_rows(model, tokenizer, settings, rows: list[list[int]], references: list[list[str]], allocations: list,
@@ -79,14 +85,25 @@ def score_rows(model, tokenizer, settings, rows: list[list[int]], references: li
     """Score one planned batch of prompt token rows with `threads` torch threads."""
     torch.set_num_threads(threads)
     bar = tqdm(total=len(rows) * len(allocations), disable=not progress, unit="gen", desc="generate")
+
+    def score(part: list[int]) -> list[list[Candidate]]:
+        return score_batch(model, tokenizer, [rows[i] for i in part], [references[i] for i in part], allocations,
+                           settings.metric, settings.max_new_tokens, settings.prompt_under_allocation,
+                           settings.first_token, bar, settings.decoder)
+
     try:
-        return score_batch(model, tokenizer, rows, references, allocations, settings.metric, settings.max_new_tokens,
-                           settings.prompt_under_allocation, settings.first_token, bar, settings.decoder)
+        return split_on_oom(score, range(len(rows)))  # a batch out of GPU memory runs in halves, in order
     finally:
         bar.close()
 
 
-def score_in_worker(settings, *call) -> list[list[Candidate]]:
-    """A worker's entry point: `score_rows` with the model named by `settings`, loaded once per process."""
-    model, tokenizer = load_model_cached(settings.model, settings.dtype)
+def score_in_worker(device: str, claims: str | None, workers: int, settings, *call) -> list[list[Candidate]]:
+    """A worker's entry point: `score_rows` with the model named by `settings`, loaded once per process.
+
+    With `device` "cuda" the worker takes GPU k mod the visible count, k being the
+    worker number it claims in the folder `claims` (see `device.claim_slot`).
+    """
+    if device == "cuda":
+        device = worker_device(device, claim_slot(claims, workers), torch.cuda.device_count())
+    model, tokenizer = load_model_cached(settings.model, settings.dtype, device)
     return score_rows(model, tokenizer, settings, *call)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers.masking_utils import create_causal_mask
 
+import skiporacle.eval.batching as batching
 import skiporacle.eval.generate as gen
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.generate import (
@@ -136,14 +137,14 @@ def _check_plan(lengths, heads, batches):
         width = lengths[b[0]]
         assert width == max(lengths[i] for i in b)
         if len(b) > 1:
-            assert len(b) * width <= gen.TOKENS_PER_BATCH
-            assert len(b) * heads * width * width * 4 <= gen.SCORE_BYTES_PER_BATCH
+            assert len(b) * width <= batching.TOKENS_PER_BATCH
+            assert len(b) * heads * width * width * 4 <= batching.SCORE_BYTES_PER_BATCH
     for b, nxt in zip(batches, batches[1:]):
         # greedy: the first index of the next batch did not fit; balanced: sizes even out
         # unless moving one more sequence down would break the next batch's limits
         moved = [b[-1]] + nxt
         size, width = len(moved), lengths[moved[0]]
-        too_big = size * width > gen.TOKENS_PER_BATCH or size * heads * width * width * 4 > gen.SCORE_BYTES_PER_BATCH
+        too_big = size * width > batching.TOKENS_PER_BATCH or size * heads * width * width * 4 > batching.SCORE_BYTES_PER_BATCH
         assert len(nxt) >= len(b) - 1 or too_big
 
 
@@ -157,8 +158,8 @@ def test_plan_batches_default_limits():
 
 
 def test_plan_batches_small_limits(monkeypatch):
-    monkeypatch.setattr(gen, "TOKENS_PER_BATCH", 40)
-    monkeypatch.setattr(gen, "SCORE_BYTES_PER_BATCH", 2 * 4 * 10 * 10 * 4)  # two rows of width 10, 4 heads
+    monkeypatch.setattr(batching, "TOKENS_PER_BATCH", 40)
+    monkeypatch.setattr(batching, "SCORE_BYTES_PER_BATCH", 2 * 4 * 10 * 10 * 4)  # two rows of width 10, 4 heads
     lengths = [10, 3, 10, 10, 7, 50, 2, 9, 1, 1, 1, 1, 1, 1]
     batches = plan_batches(lengths, num_heads=4)
     _check_plan(lengths, 4, batches)
@@ -342,7 +343,7 @@ def test_results_do_not_depend_on_batch_plan(tiny_model, tokenizer, prompt_ids, 
     texts = _texts(ref, prompt_ids)
     allocations = [parse_spec(s, num_layers(model)) for s in ("uniform:3", "1-5")]
     one_batch = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW)
-    monkeypatch.setattr(gen, "TOKENS_PER_BATCH", 20)  # forces several prefill batches
+    monkeypatch.setattr(batching, "TOKENS_PER_BATCH", 20)  # forces several prefill batches
     assert len(plan_batches([len(p) for p in prompt_ids], 4)) > 1
     assert generate_candidates(model, tokenizer, texts, allocations, MAX_NEW) == one_batch
 
