@@ -23,6 +23,8 @@ from skiporacle.eval import batching, device as dev, memory
 from skiporacle.oracle.cli import main
 from skiporacle.search.allocation import full, uniform
 
+from test_cli import assert_bad, run_cli  # noqa: E402 (the CLI contract helpers; tests dir is on sys.path)
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 GPU = torch.cuda.is_available()
 
@@ -33,22 +35,8 @@ def _one_thread():
         yield
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_one_line(capsys, *argv, match: str) -> None:
-    code, out, err = run_cli(capsys, *argv)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (code, out, err)
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("skiporacle: error: ") and re.search(match, lines[0]), lines[0]
+    assert_bad(capsys, *argv, match=match)
 
 
 # --- naming a device ---------------------------------------------------------------------------------
@@ -241,6 +229,19 @@ def test_split_on_oom_keeps_order_and_loses_nothing():
         batching.split_on_oom(lambda items: (_ for _ in ()).throw(ValueError("bug")), [1, 2])
 
 
+
+def _out_of_memory_above(limit: int, real, sizes: list[int]):
+    """`real` (a generate_batch) that records each batch's size and runs out of GPU memory above `limit` rows."""
+
+    def tight(model, rows, *args, **kwargs):
+        sizes.append(len(rows))
+        if len(rows) > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, rows, *args, **kwargs)
+
+    return tight
+
+
 def test_generation_batch_out_of_memory_runs_in_halves(tiny_model, tokenizer, prompt_ids, monkeypatch):
     import skiporacle.eval.generate as gen
 
@@ -248,15 +249,8 @@ def test_generation_batch_out_of_memory_runs_in_halves(tiny_model, tokenizer, pr
     prompts = [as_text(p) for p in prompt_ids]
     allocations = [full(NUM_LAYERS), uniform(3, NUM_LAYERS)]
     one_by_one = [gen.generate_candidates(model, tokenizer, [p], allocations, 5)[0] for p in prompts]
-    real, sizes = gen.generate_batch, []
-
-    def tight(model, rows, *args, **kwargs):
-        sizes.append(len(rows))
-        if len(rows) > 1:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, rows, *args, **kwargs)
-
-    monkeypatch.setattr(gen, "generate_batch", tight)
+    sizes: list[int] = []
+    monkeypatch.setattr(gen, "generate_batch", _out_of_memory_above(1, gen.generate_batch, sizes))
     assert gen.generate_candidates(model, tokenizer, prompts, allocations, 5) == one_by_one
     assert sizes[0] == len(prompts) and sizes.count(1) == len(prompts)
 
@@ -275,15 +269,8 @@ def test_oracle_batch_out_of_memory_runs_in_halves(tiny_model, tokenizer, prompt
     for start, end in ((0, 2), (2, 3), (3, 5)):
         expected += score_rows(model, tokenizer, settings, prompt_ids[start:end], references[start:end], allocations,
                                1, False)
-    real, sizes = candidates.generate_batch, []
-
-    def tight(model, rows, *args, **kwargs):
-        sizes.append(len(rows))
-        if len(rows) > 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, rows, *args, **kwargs)
-
-    monkeypatch.setattr(candidates, "generate_batch", tight)
+    sizes: list[int] = []
+    monkeypatch.setattr(candidates, "generate_batch", _out_of_memory_above(2, candidates.generate_batch, sizes))
     table = score_rows(model, tokenizer, settings, prompt_ids, references, allocations, 1, False)
     assert sizes == [5, 2, 3, 1, 2]
     assert table == expected  # every row, in plan order, scored against its own references
