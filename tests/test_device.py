@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
-import re
 from types import SimpleNamespace
 
 import pytest
