@@ -37,6 +37,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.attention import attention_with_lse
+from skiporacle.eval.memory import kv_head_shape
 from skiporacle.eval.model import allocation_view, decoder_layers
 from skiporacle.search.allocation import Allocation
 
@@ -88,9 +89,7 @@ class Lane:
 
 def _lanes(model: PreTrainedModel, allocations: Sequence[Allocation], batch: int, steps: int) -> list[list[Lane]]:
     """Per decoder layer, its lanes: candidates grouped by the module they run there (healed variants differ)."""
-    config = model.config.get_text_config()
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads, head_dim = kv_head_shape(model.config)
     K = len(allocations)
     groups: list[dict[int, tuple[nn.Module, list[int]]]] = [{} for _ in decoder_layers(model)]
     for k, allocation in enumerate(allocations):
@@ -182,9 +181,8 @@ def decode_candidates(
     """
     B = len(first)
     decode = torch.ones(B, dtype=torch.bool, device=first.device) if decode is None else decode
-    config = model.config.get_text_config()
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    layer_row_bytes = 2 * config.num_key_value_heads * steps * head_dim * model.get_output_embeddings().weight.element_size()
+    kv_heads, head_dim = kv_head_shape(model.config)
+    layer_row_bytes = 2 * kv_heads * steps * head_dim * model.get_output_embeddings().weight.element_size()
     chunks = max(-(-B * len(allocations) // MAX_ROWS),
                  -(-B * sum(a.cost for a in allocations) * layer_row_bytes // OWN_CACHE_BYTES), 1)
     per_chunk = max(1, -(-len(allocations) // chunks))
@@ -199,9 +197,8 @@ def decode_candidates(
 
 def _prefixes(model: PreTrainedModel, prompt_cache: DynamicCache, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the prompt cache's (keys, values) [B, Hkv, P, hd]; empty (P = 0) where nothing was prefilled."""
-    config = model.config.get_text_config()
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    empty = model.get_output_embeddings().weight.new_empty((batch, config.num_key_value_heads, 0, head_dim))
+    kv_heads, head_dim = kv_head_shape(model.config)
+    empty = model.get_output_embeddings().weight.new_empty((batch, kv_heads, 0, head_dim))
     layers = prompt_cache.layers
     return [(layers[i].keys, layers[i].values) if i < len(layers) and layers[i].is_initialized else (empty, empty)
             for i in range(len(decoder_layers(model)))]

@@ -131,8 +131,8 @@ def prefill_shared(
 
     Each group runs only its own width (its longest row; rows come sorted by
     length), so a batch of mixed lengths does not compute its padding, and
-    its activations stay small enough for the CPU's caches (1.4x faster on
-    the longest XSum batch).  The groups' keys/values are placed right-aligned
+    its activations stay small enough for the CPU's caches (about 1.3x faster
+    on the longest XSum batch: 23 s against 30 s).  The groups' keys/values are placed right-aligned
     in one [B, heads, T, head_dim] cache; padded positions hold zeros and are
     masked.  With `predict`, also the logits [B, V] at the last position.
     """

@@ -99,12 +99,13 @@ def generate_batch(
             bar.update(len(rows) * len(allocations))
         return out
     out: list[list[tuple[int, ...]]] = [[] for _ in rows]
+    shared = None
+    if first_token == "full" or not prompt_under_allocation:  # the full model reads the prompt
+        shared, _, logits = _prefill_prompt(model, ids, mask, first_token)
     if first_token == "full":
-        full_cache, logits = prefill_shared(model, ids, mask, predict=True)
         first, first_gaps = logits.argmax(-1), top2_margin(logits).tolist()
-        shared = None if prompt_under_allocation else full_cache
-    else:
-        shared = None if prompt_under_allocation else prefill_shared(model, ids[:, :-1], mask[:, :-1])[0]
+    if prompt_under_allocation:
+        shared = None
     steps: list[list[list[float]]] = [[] for _ in rows]
     for allocation in allocations:
         view = allocation_view(model, allocation)
@@ -129,18 +130,28 @@ def generate_batch(
     return out
 
 
+def _prefill_prompt(model, ids, mask, first_token) -> tuple[DynamicCache, torch.Tensor, torch.Tensor | None]:
+    """The full model's shared prompt cache under the `first_token` protocol, the mask [B, P] it covers, and
+    (protocol "full") its logits [B, V] for the first generated token; protocol "allocation" leaves the
+    last prompt token out, for each allocation to read."""
+    if first_token == "full":
+        cache, logits = prefill_shared(model, ids, mask, predict=True)
+        return cache, mask, logits
+    cache, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
+    return cache, mask[:, :-1], None
+
+
 def _decode_together(model, ids, mask, allocations, max_new_tokens, eos, first_token) -> list[list[tuple[int, ...]]]:
     """`generate_batch` with every allocation decoded in one loop over the shared full-model prompt cache."""
-    if first_token == "allocation":
-        cache, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
-        generated = decode_candidates(model, allocations, cache, mask[:, :-1], ids[:, -1], max_new_tokens, eos)
-        return [[tuple(tokens) for tokens in row] for row in generated]
-    if max_new_tokens <= 0:
+    if first_token == "full" and max_new_tokens <= 0:
         return [[()] * len(allocations) for _ in range(len(ids))]
-    cache, logits = prefill_shared(model, ids, mask, predict=True)
+    cache, prefix_mask, logits = _prefill_prompt(model, ids, mask, first_token)
+    if logits is None:
+        generated = decode_candidates(model, allocations, cache, prefix_mask, ids[:, -1], max_new_tokens, eos)
+        return [[tuple(tokens) for tokens in row] for row in generated]
     first = logits.argmax(-1)
     going = ~torch.isin(first, torch.tensor(sorted(eos), dtype=torch.long, device=first.device))
-    generated = decode_candidates(model, allocations, cache, mask, first, max_new_tokens - 1, eos, going)
+    generated = decode_candidates(model, allocations, cache, prefix_mask, first, max_new_tokens - 1, eos, going)
     return [[(head,) + tuple(tokens) for tokens in row] for head, row in zip(first.tolist(), generated)]
 
 

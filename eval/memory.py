@@ -63,14 +63,18 @@ def check_fits(folder: Path, name: str, dtype: torch.dtype, device: torch.device
                        "--dtype bfloat16 or a GPU")
 
 
-def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """Key/value cache bytes of one token through every layer."""
+def kv_head_shape(config) -> tuple[int, int]:
+    """(key/value heads, head dimension) of one layer's cache entries."""
     config = config.get_text_config()
     heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return getattr(config, "num_key_value_heads", None) or heads, getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Key/value cache bytes of one token through every layer."""
+    kv_heads, head_dim = kv_head_shape(config)
     size = torch.tensor([], dtype=dtype).element_size()
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * size
+    return 2 * config.get_text_config().num_hidden_layers * kv_heads * head_dim * size
 
 
 def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
