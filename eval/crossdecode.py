@@ -21,24 +21,23 @@ path up to float rounding (products over other row counts differ by about
 1e-6 relative), so they can differ only at near-ties (`bench/oracle_speed.py`
 counts them).
 
-Shapes: B sequences, K candidates, R = B*K rows (row r = b*K + k), D hidden,
-H query heads, Hkv key/value heads, G = H/Hkv, hd head dim, P prefix length,
-T fed tokens so far, C candidates of one lane.
+Shapes: B sequences, K candidates (per-sequence lists: the longest), R = B*K
+rows (row r = b*K + k), D hidden, H query heads, Hkv key/value heads, G = H/Hkv,
+hd head dim, P prefix length, T fed tokens so far, C the most rows of one
+sequence in a lane (`crosslanes`).
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.attention import attention_with_lse
+from skiporacle.eval.crosslanes import Lane, flat_lanes, prompt_prefixes, ragged_lanes, rotary_function
 from skiporacle.eval.memory import kv_head_shape
-from skiporacle.eval.model import allocation_view, decoder_layers
+from skiporacle.eval.model import decoder_layers
 from skiporacle.search.allocation import Allocation
 
 # Layouts whose decoder layer is pre-norm attention + MLP with q/k/v/o projections and rotary positions.
@@ -63,54 +62,6 @@ def unsupported_reason(model: PreTrainedModel, total_length: int) -> str | None:
     return None
 
 
-@dataclass
-class Lane:
-    """The rows that run one layer module: candidates `candidates` keeping it, their own-token caches.
-
-    `rows` [n] live global row ids (sorted); `slot` [n] each row's place b*C + c in
-    the dense [B, C] query layout of the shared-prefix product; `keys`/`values`
-    [n, Hkv, steps, hd] the rows' own keys and values.
-    """
-
-    module: nn.Module
-    candidates: tuple[int, ...]
-    rows: torch.Tensor
-    slot: torch.Tensor
-    keys: torch.Tensor
-    values: torch.Tensor
-
-    def keep(self, alive: torch.Tensor) -> None:
-        """Drop rows that are no longer alive (`alive` [R] bool)."""
-        kept = alive[self.rows]
-        if not bool(kept.all()):
-            self.rows, self.slot = self.rows[kept], self.slot[kept]
-            self.keys, self.values = self.keys[kept], self.values[kept]
-
-
-def _lanes(model: PreTrainedModel, allocations: Sequence[Allocation], batch: int, steps: int) -> list[list[Lane]]:
-    """Per decoder layer, its lanes: candidates grouped by the module they run there (healed variants differ)."""
-    kv_heads, head_dim = kv_head_shape(model.config)
-    K = len(allocations)
-    groups: list[dict[int, tuple[nn.Module, list[int]]]] = [{} for _ in decoder_layers(model)]
-    for k, allocation in enumerate(allocations):
-        for layer, module in zip(allocation.layers, decoder_layers(allocation_view(model, allocation))):
-            groups[layer].setdefault(id(module), (module, []))[1].append(k)
-    weight = model.get_output_embeddings().weight
-    lanes: list[list[Lane]] = []
-    for per_module in groups:
-        layer_lanes = []
-        for module, candidates in per_module.values():
-            C = len(candidates)
-            b = torch.arange(batch, device=weight.device).repeat_interleave(C)
-            c = torch.arange(C, device=weight.device).repeat(batch)
-            rows = b * K + torch.tensor(candidates, device=weight.device)[c]
-            buffer = (batch * C, kv_heads, steps, head_dim)
-            layer_lanes.append(Lane(module, tuple(candidates), rows, b * C + c,
-                                    weight.new_empty(buffer), weight.new_empty(buffer)))
-        lanes.append(layer_lanes)
-    return lanes
-
-
 def _attention(lane: Lane, query: torch.Tensor, step: int, prefix_keys: torch.Tensor, prefix_values: torch.Tensor,
                prefix_bias: torch.Tensor, prefix_empty: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention output [n, H, hd] of the lane's rows: query [n, H, hd] over prefix + own tokens 0..step.
@@ -120,7 +71,7 @@ def _attention(lane: Lane, query: torch.Tensor, step: int, prefix_keys: torch.Te
     """
     n, H, hd = query.shape
     B, Hkv, P, _ = prefix_keys.shape
-    G, C = H // Hkv, len(lane.candidates)
+    G, C = H // Hkv, lane.width
     grouped = query.view(n, Hkv, G, hd)
     own, own_lse = attention_with_lse(grouped, lane.keys[:, :, : step + 1], lane.values[:, :, : step + 1], None, scale)
     if P == 0:
@@ -163,7 +114,7 @@ def _run_lane(lane: Lane, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 @torch.inference_mode()
 def decode_candidates(
     model: PreTrainedModel,
-    allocations: Sequence[Allocation],
+    allocations: Sequence[Allocation] | Sequence[Sequence[Allocation]],
     prompt_cache: DynamicCache,
     prefix_mask: torch.Tensor,
     first: torch.Tensor,
@@ -173,6 +124,9 @@ def decode_candidates(
 ) -> list[list[list[int]]]:
     """Greedy tokens [sequence][candidate], every candidate fed `first` [B] after the shared prefix.
 
+    `allocations` is one list of K candidates for every sequence, or a ragged
+    list of B lists (sequence b has its own K_b >= 0 candidates, training-free
+    only, ValueError otherwise); the tokens come back in the same shape.
     `prompt_cache` holds the full model's keys/values of the prefix, `prefix_mask`
     [B, P] its left-padded mask; each row's fed token sits at position
     prefix_mask.sum(-1).  Each row predicts up to `steps` tokens and stops at EOS.
@@ -181,6 +135,8 @@ def decode_candidates(
     """
     B = len(first)
     decode = torch.ones(B, dtype=torch.bool, device=first.device) if decode is None else decode
+    if allocations and not isinstance(allocations[0], Allocation):
+        return _decode_ragged(model, allocations, prompt_cache, prefix_mask, first, steps, eos, decode)
     kv_heads, head_dim = kv_head_shape(model.config)
     layer_row_bytes = 2 * kv_heads * steps * head_dim * model.get_output_embeddings().weight.element_size()
     chunks = max(-(-B * len(allocations) // MAX_ROWS),
@@ -188,28 +144,48 @@ def decode_candidates(
     per_chunk = max(1, -(-len(allocations) // chunks))
     out: list[list[list[int]]] = [[] for _ in range(B)]
     for start in range(0, len(allocations), per_chunk):
-        chunk = _decode_chunk(model, allocations[start : start + per_chunk], prompt_cache, prefix_mask, first,
-                              steps, eos, decode)
+        part = allocations[start : start + per_chunk]
+        chunk = _decode_chunk(model, flat_lanes(model, part, B, steps), len(part), prompt_cache, prefix_mask, first,
+                              steps, eos, decode.repeat_interleave(len(part)))
         for row, tokens in zip(out, chunk):
             row.extend(tokens)
     return out
 
 
-def _prefixes(model: PreTrainedModel, prompt_cache: DynamicCache, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, the prompt cache's (keys, values) [B, Hkv, P, hd]; empty (P = 0) where nothing was prefilled."""
+def _decode_ragged(model, allocations, prompt_cache, prefix_mask, first, steps, eos, decode) -> list[list[list[int]]]:
+    """`decode_candidates` with sequence b's own candidates allocations[b], chunked by candidate index."""
+    B = len(first)
+    if len(allocations) != B:
+        raise ValueError(f"{len(allocations)} candidate lists for {B} sequences")
+    if any(a.weights for per_sequence in allocations for a in per_sequence):
+        raise ValueError("per-sequence candidate lists cover training-free allocations only (weights == '')")
+    K = max(len(a) for a in allocations)
     kv_heads, head_dim = kv_head_shape(model.config)
-    empty = model.get_output_embeddings().weight.new_empty((batch, kv_heads, 0, head_dim))
-    layers = prompt_cache.layers
-    return [(layers[i].keys, layers[i].values) if i < len(layers) and layers[i].is_initialized else (empty, empty)
-            for i in range(len(decoder_layers(model)))]
+    layer_row_bytes = 2 * kv_heads * steps * head_dim * model.get_output_embeddings().weight.element_size()
+    widths = sum(max(sum(layer in a.layers for a in per_sequence) for per_sequence in allocations)
+                 for layer in range(len(decoder_layers(model))))  # the lanes' summed C
+    chunks = max(-(-B * K // MAX_ROWS), -(-B * widths * layer_row_bytes // OWN_CACHE_BYTES), 1)
+    per_chunk = max(1, -(-K // chunks))
+    out: list[list[list[int]]] = [[] for _ in range(B)]
+    for start in range(0, K, per_chunk):
+        parts = [per_sequence[start : start + per_chunk] for per_sequence in allocations]
+        stride = max(len(p) for p in parts)
+        counts = torch.tensor([len(p) for p in parts], device=first.device)
+        alive = decode.repeat_interleave(stride) & (torch.arange(stride, device=first.device).repeat(B)
+                                                     < counts.repeat_interleave(stride))
+        chunk = _decode_chunk(model, ragged_lanes(model, parts, steps), stride, prompt_cache, prefix_mask, first,
+                              steps, eos, alive)
+        for row, tokens, part in zip(out, chunk, parts):
+            row.extend(tokens[: len(part)])
+    return out
 
 
-def _decode_chunk(model, allocations, prompt_cache, prefix_mask, first, steps, eos, decode) -> list[list[list[int]]]:
-    B, K = len(first), len(allocations)
+def _decode_chunk(model, lanes, K, prompt_cache, prefix_mask, first, steps, eos, alive) -> list[list[list[int]]]:
+    """Tokens [B][K] of rows b*K + k over `lanes`; rows not `alive` [B*K] at the start get none."""
+    B = len(first)
     base = model.base_model
-    rotate = sys.modules[type(decoder_layers(model)[0].self_attn).__module__].apply_rotary_pos_emb
-    lanes = _lanes(model, allocations, B, steps)
-    prefixes = _prefixes(model, prompt_cache, B)
+    rotate = rotary_function(model)
+    prefixes = prompt_prefixes(model, prompt_cache, B)
     dtype = model.get_output_embeddings().weight.dtype
     bias = torch.zeros(prefix_mask.shape, dtype=dtype, device=prefix_mask.device)
     bias = bias.masked_fill(prefix_mask == 0, float("-inf"))[:, None, None, :]
@@ -218,7 +194,6 @@ def _decode_chunk(model, allocations, prompt_cache, prefix_mask, first, steps, e
     eos_ids = torch.tensor(sorted(eos), dtype=torch.long, device=first.device)
     out = [[[] for _ in range(K)] for _ in range(B)]
     tokens = first.repeat_interleave(K)  # [R]
-    alive = decode.repeat_interleave(K)
     for layer_lanes in lanes:
         for lane in layer_lanes:
             lane.keep(alive)

@@ -165,3 +165,50 @@ def test_healed_and_training_free_candidates_of_the_same_layers_decode_together(
     together, alone = _both(model, tokenizer, [ref.as_text(p) for p in prompt_ids], allocations)
     assert together == alone
     assert [row[0] for row in together] != [row[1] for row in together]  # the healed weights were used
+
+
+RAGGED = (("all", "1-5", "0,2,4"), ("uniform:3",), (), ("5", "0", "exit:2", "all", "1-5"), ("0,2,4", "0,3"))
+
+
+def _prompt_cache(model, rows):
+    from skiporacle.eval.generate import _prefill_prompt, left_pad
+
+    ids, mask = left_pad(rows, 0)
+    cache, prefix_mask, _ = _prefill_prompt(model, ids, mask, "allocation")
+    return cache, prefix_mask, ids[:, -1]
+
+
+@pytest.mark.parametrize("layout", ["llama", "qwen3"])
+def test_per_sequence_candidate_lists_equal_each_sequences_flat_decoding(layout, tiny_model, prompt_ids, monkeypatch,
+                                                                         single_thread):
+    """Ragged lists (one empty, prompts of different lengths) give each sequence's own flat B=1 decoding."""
+    model = tiny_model(layout)
+    lists = [[parse_spec(s, num_layers(model)) for s in specs] for specs in RAGGED]
+    first_tokens: dict[int, int] = {}
+    for b, row in enumerate(prompt_ids):  # an EOS that many rows emit early, so rows leave at different steps
+        for tokens in crossdecode.decode_candidates(model, lists[b], *_prompt_cache(model, [row]), 3, frozenset())[0]:
+            for t in set(tokens):
+                first_tokens[t] = first_tokens.get(t, 0) + 1
+    eos = frozenset({max(first_tokens, key=lambda t: (first_tokens[t], -t))})
+    alone = [crossdecode.decode_candidates(model, lists[b], *_prompt_cache(model, [row]), MAX_NEW, eos)[0]
+             for b, row in enumerate(prompt_ids)]
+    cache, prefix_mask, last = _prompt_cache(model, prompt_ids)
+    together = crossdecode.decode_candidates(model, lists, cache, prefix_mask, last, MAX_NEW, eos)
+    assert together == alone
+    assert [len(row) for row in together] == [len(specs) for specs in RAGGED]
+    lengths = [len(tokens) for row in together for tokens in row]
+    assert min(lengths) < MAX_NEW and max(lengths) == MAX_NEW
+    monkeypatch.setattr(crossdecode, "MAX_ROWS", 2 * len(prompt_ids))  # chunks of two candidate indices
+    assert crossdecode.decode_candidates(model, lists, cache, prefix_mask, last, MAX_NEW, eos) == alone
+    decode = torch.tensor([True, False, True, False, True])
+    partial = crossdecode.decode_candidates(model, lists, cache, prefix_mask, last, MAX_NEW, eos, decode)
+    assert partial == [row if on else [[] for _ in row] for row, on in zip(alone, decode.tolist())]
+
+
+def test_per_sequence_candidate_lists_refuse_healed_variants(tiny_model, prompt_ids):
+    from skiporacle.search.allocation import Allocation
+
+    model = tiny_model("llama")
+    lists = [[Allocation((0, 2), 6, "healed:h", weights="h")]] + [[] for _ in prompt_ids[1:]]
+    with pytest.raises(ValueError, match="training-free"):
+        crossdecode.decode_candidates(model, lists, *_prompt_cache(model, prompt_ids), MAX_NEW, frozenset({1}))
