@@ -116,3 +116,27 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
           f"per sequence, {100 * deployed.decide_seconds / full_seconds:.3f} % of the full model's generation time")
     return 0
 
+
+
+def pertoken(args: argparse.Namespace) -> int:
+    """`skiporacle pertoken`: the per-token oracle, a hidden-state probe and its controller with real skipping,
+    against fixed skip rates at equal compute (see skiporacle.controller.pertoken)."""
+    from skiporacle.controller.pertoken import Study, parse_taus, run_pertoken
+    from skiporacle.controller.pertoken_report import summary_lines
+    from skiporacle.oracle.commands import _settings, device_of
+
+    for name, value, low in (("--train-offset", args.train_offset, 0), ("--train-limit", args.train_limit, 1),
+                             ("--probe-layer", args.probe_layer, 0), ("--resamples", args.resamples, 1)):
+        if value < low:
+            raise BadInput(f"{name} must be at least {low}, got {value}")
+    study = Study(train_offset=args.train_offset, train_limit=args.train_limit, importance=args.importance,
+                  probe_layer=args.probe_layer, taus=parse_taus(args.taus), budgets=args.budgets, seed=args.seed,
+                  resamples=args.resamples)
+    device = device_of(args)
+    settings = _settings(args, device=device)
+    name = Path(args.data).stem if args.data else args.task.replace(":", "-")
+    out = Path(args.out or f"runs/pertoken-{name}")
+    result = run_pertoken(settings, study, out, device)
+    for line in summary_lines(result, out):
+        print(line)
+    return 0

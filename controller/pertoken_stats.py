@@ -74,6 +74,42 @@ def paired(a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> dict:
     return {"estimate": float(diff.mean()), "ci95": mean_ci(diff, rows)}
 
 
+def tau_point(tau: float, gen, scores: np.ndarray, full_tokens: list, fixed: tuple, rows: np.ndarray, n: int,
+              decided: np.ndarray, correct: np.ndarray, costs: Sequence[int]) -> dict:
+    """One tau point of a generation `gen` (tokens, members, layers_run per sequence) with per-sequence scores [S]:
+    cost and score with intervals, the fixed rate at equal compute, interpolated from fixed = (budgets [K],
+    scores [K, S]), and the paired difference; and the probe's teacher-forced decisions at this tau,
+    decided [T], against the per-token oracle labels correct [T, M] of members costing `costs` [M]."""
+    fixed_layers, fixed_scores = fixed
+    S = len(gen.tokens)
+    layers = np.concatenate([np.asarray(r, dtype=np.float64) for r in gen.layers_run])
+    sequence = np.concatenate([np.full(len(r), i) for i, r in enumerate(gen.layers_run)]).astype(np.int64)
+    mean, span = token_weighted(layers, sequence, S, rows)
+    at_equal, bracket = interpolate(fixed_layers, fixed_scores, mean)
+    cheapest = cheapest_correct(correct)
+    tf_layers = np.asarray(costs, dtype=np.float64)[decided]
+    return {
+        "tau": float(tau),
+        "mean_layers_per_token": mean, "mean_layers_per_token_ci95": span, "percent_layers": 100 * mean / n,
+        "percent_layers_ci95": [100 * v / n for v in span],
+        "mean_layers_per_sequence": float(np.mean([np.mean(r) if len(r) else n for r in gen.layers_run])),
+        "tokens": int(len(layers)),
+        "mean_score": float(scores.mean()), "mean_score_ci95": mean_ci(scores, rows), "scores": scores.tolist(),
+        "identical_to_full_sequences": int(sum(list(t) == list(f) for t, f in zip(gen.tokens, full_tokens))),
+        "token_ids": [list(map(int, t)) for t in gen.tokens], "members": [list(map(int, m)) for m in gen.members],
+        "fixed_rate_at_equal_compute": None if at_equal is None else
+        {"mean_score": float(at_equal.mean()), "bracket_layers": bracket},
+        "controller_minus_fixed_rate": None if at_equal is None else paired(scores, at_equal, rows),
+        "beyond_budgets": None if at_equal is not None else
+        f"{mean:.2f} layers per token lies outside the fixed-rate budgets {fixed_layers[0]:g}-{fixed_layers[-1]:g}",
+        "teacher_forced": {
+            "agreement_with_cheapest_correct": float((decided == cheapest).mean()),
+            "decided_correct": float(correct[np.arange(len(decided)), decided].mean()),
+            "mean_layers": float(tf_layers.mean()),
+        },
+    }
+
+
 def verdict(points: list[dict]) -> str:
     """One line: does the paper's finding (no per-token point above the fixed-rate line) hold here?"""
     compared = [p for p in points if p["controller_minus_fixed_rate"] is not None]

@@ -219,7 +219,60 @@ def build_parser() -> argparse.ArgumentParser:
                                       "side with word-level differences from the full output. The model is not run."))
     rep.add_argument("--run", required=True, help="run folder")
     rep.add_argument("--output", help="output file (default: RUN/report.html)")
+    _add_pertoken(sub)
     return parser
+
+
+def _add_pertoken(sub) -> None:
+    """`skiporacle pertoken` (skiporacle.controller.pertoken): a per-token controller against fixed skip rates."""
+    per = sub.add_parser(
+        "pertoken", help="per-token study: oracle, a hidden-state probe and its controller vs fixed skip rates",
+        description=(
+            "Does a learned per-token controller beat fixed skip rates at equal compute? (The seed paper found it "
+            "does not.) On the evaluation rows: the full model's greedy outputs; the per-token oracle (teacher-forced, "
+            "each token's cheapest member of a nested family whose next token is the full model's) for the importance "
+            "family (layers dropped in --importance's order, layers 0..--probe-layer kept) and the early-exit family; "
+            "a probe (per-member L2 logistic regressions on the standardised hidden state after layer --probe-layer, "
+            "trained on the training rows' labels; the paper used a linear layer with Gumbel-softmax) deciding each "
+            "token's member, generated with real skipping at each --taus; and the fixed rates importance:B for "
+            "--budgets. Writes OUT/pertoken.json and OUT/pertoken.png, with 95 % bootstrap intervals over sequences, "
+            "paired where two figures share them."))
+    _add_data_args(per)
+    g = per.add_argument_group("model and decoding (the full model reads the prompt but its last token)")
+    g.add_argument("--model", default=DEFAULTS.model,
+                   help=f"embedded model name (smollm2-135m) or a local Hugging Face model folder (default: {DEFAULTS.model})")
+    _add_device(g)
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="weights and compute (default: float32 on the CPU, bfloat16 on a GPU)")
+    defaults = ", ".join(f"{name} {n}" for name, n in max_new_tokens_defaults().items())
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"greedy tokens per sequence at most (default: the task's: {defaults})")
+    g.add_argument("--metric", default=None,
+                   help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
+    g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+                   help="most sequences per batch (default 0: chosen from model and prompt sizes; labels: 8)")
+    g = per.add_argument_group("study")
+    g.add_argument("--train-offset", type=int, default=100,
+                   help="first training row of the same task, for the probe (default: 100)")
+    g.add_argument("--train-limit", type=int, default=150, help="training rows (default: 150)")
+    g.add_argument("--importance", default="runs/ranking.json", metavar="FILE",
+                   help="the layer ranking (an importance.json from `skiporacle rank`; `make ranking` writes the "
+                        "default) that orders the importance family and the fixed rates (default: runs/ranking.json)")
+    g.add_argument("--probe-layer", type=int, default=1,
+                   help=("the probe reads the hidden state after this layer; layers 0..PROBE_LAYER always run (layers 0 and 1 "
+                         "are vital on SmolLM2) (default: 1)"))
+    g.add_argument("--taus", default="0.5,0.7,0.8,0.9,0.95,0.99",
+                   help=("thresholds: a token runs the cheapest member m whose probability of giving the full model's "
+                         "token, and every dearer member's, is >= tau; 0 always picks the cheapest member, above 1 "
+                         "always the full model (default: 0.5,0.7,0.8,0.9,0.95,0.99)"))
+    g.add_argument("--budgets", default="16,20,22,24,26,28,29",
+                   help=("layers kept by the fixed-rate baselines importance:B (the full model is added); tau points "
+                         "are compared with them interpolated at equal layers per token (default: 16,20,22,24,26,28,29)"))
+    g.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
+    g.add_argument("--resamples", type=int, default=RESAMPLES,
+                   help=f"bootstrap resamples over sequences (default: {RESAMPLES})")
+    g.add_argument("--out", help="output folder (default: runs/pertoken-TASK, or runs/pertoken-STEM with --data)")
+    per.set_defaults(prompt_under_allocation=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if hasattr(args, "device"):
             commands.device_of(args)  # a device not usable here is refused before any work
+        if args.command == "pertoken":
+            from skiporacle.controller.commands import pertoken
+
+            return pertoken(args)
         return (getattr(commands, args.command, None) or getattr(run_commands, args.command))(args)
     except BadInput as err:
         print(f"skiporacle: error: {err}", file=sys.stderr)
