@@ -26,8 +26,9 @@ RANKING       ?= runs/ranking.json
 LABELS        ?= runs/labels-$(subst :,-,$(TASK))-$(LABEL_N)
 TRAIN_RUN     ?=
 CONTROLLER_ARGS ?=
+PERTOKEN_ARGS   ?=
 
-.PHONY: setup ranking labels controller heal oracle perplexity dump curves report test bench clean
+.PHONY: setup ranking labels controller pertoken heal oracle perplexity dump curves report test bench clean
 
 setup: $(STAMP)
 
@@ -64,6 +65,10 @@ labels: setup $(RANKING)  ## controller labels: the oracle on LABEL_N rows from 
 controller: labels  ## labels if missing (resumed), their plausibility, then the controller judged by k-fold CV (or trained on TRAIN_RUN)
 	$(BIN)/skiporacle plausibility --run $(LABELS) --device $(DEVICE)
 	$(BIN)/skiporacle controller --run $(LABELS) --device $(DEVICE) $(if $(TRAIN_RUN),--train $(TRAIN_RUN)) $(CONTROLLER_ARGS)
+
+pertoken: setup $(RANKING)  ## per-token study: oracle, probe and its controller vs fixed rates at equal compute (N rows of TASK; training rows 100-249)
+	$(BIN)/skiporacle pertoken --task $(TASK) --limit $(N) --model $(MODEL) --importance $(RANKING) \
+		--out runs/pertoken-$(subst :,-,$(TASK)) --device $(DEVICE) $(PERTOKEN_ARGS)
 
 perplexity: setup  ## reference perplexity under every candidate of the run in OUT
 	$(BIN)/skiporacle perplexity --run $(OUT) --device $(DEVICE)
