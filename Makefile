@@ -27,8 +27,13 @@ LABELS        ?= runs/labels-$(subst :,-,$(TASK))-$(LABEL_N)
 TRAIN_RUN     ?=
 CONTROLLER_ARGS ?=
 PERTOKEN_ARGS   ?=
+# Per-sequence search (make search): greedy or random-search, under the score or the exact rule.
+SEARCH        ?= greedy
+SEARCH_RULE   ?= score
+SEARCH_OUT    ?= $(OUT)-$(SEARCH)-$(SEARCH_RULE)
+SEARCH_ARGS   ?=
 
-.PHONY: setup ranking labels controller pertoken heal oracle perplexity dump curves report test bench clean
+.PHONY: setup ranking labels controller pertoken heal oracle search compare perplexity dump curves report test bench clean
 
 setup: $(STAMP)
 
@@ -52,6 +57,15 @@ heal: setup  ## healed variants of the embedded model in MODELS/heal-B, B in HEA
 oracle: setup  ## per-sequence oracle search on the embedded model (resumes an interrupted run in OUT)
 	$(BIN)/skiporacle oracle --task $(TASK) --limit $(N) --model $(MODEL) --space $(SPACE) \
 		--budgets $(BUDGETS) --out $(OUT) --resume --device $(DEVICE) $(ARGS)
+
+search: setup  ## per-sequence search (SEARCH, SEARCH_RULE) on make oracle's rows into SEARCH_OUT (resumes), compared with OUT when it exists
+	$(BIN)/skiporacle oracle --task $(TASK) --limit $(N) --model $(MODEL) --space $(SEARCH) --search-rule $(SEARCH_RULE) \
+		--budgets $(BUDGETS) --out $(SEARCH_OUT) --resume --device $(DEVICE) $(SEARCH_ARGS)
+	@if [ -f $(OUT)/summary.json ]; then $(BIN)/skiporacle compare --run $(SEARCH_OUT) --against $(OUT); \
+	else echo "skiporacle: no $(OUT)/summary.json; make oracle first to compare with the fixed spaces"; fi
+
+compare: setup  ## paired comparison of SEARCH_OUT against OUT (the same sequences)
+	$(BIN)/skiporacle compare --run $(SEARCH_OUT) --against $(OUT)
 
 $(RANKING): | setup
 	$(BIN)/skiporacle rank --task xsum --offset 60 --limit 8 --model $(MODEL) --device $(DEVICE) --out $@

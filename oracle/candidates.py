@@ -62,6 +62,10 @@ def _file(r: SpaceRequest) -> list[Allocation]:
     return file_space(r.arg, r.inputs.num_layers)
 
 
+def _per_sequence(r: SpaceRequest) -> list[Allocation]:
+    raise BadInput("a per-sequence search has no fixed candidate list")  # oracle/run.py sends it to oracle/search.py
+
+
 def _healed(r: SpaceRequest) -> list[Allocation]:
     evaluated = {f"{r.settings.task}:{i}" for i in r.inputs.ids}
     texts = {content_hash(source) for source in r.inputs.sources}
@@ -72,10 +76,14 @@ SPACES: dict[str, Space] = {s.name: s for s in (
     Space("uniform", _uniform, {"uniform": "uniform"}, help="the seed paper's uniform skipping"),
     Space("early-exit", _early_exit, {"exit": "early-exit"}, help="the first B layers"),
     Space("importance", _importance, {"importance": "importance"}, help="the B most important layers"),
-    Space("random", _random, {"random.*": "random"}, help="one seeded random subset per budget"),
+    Space("random", _random, {r"random\d+": "random"}, help="one seeded random subset per budget"),
     Space("file", _file, {}, "PATH", help="specs or layer lists from a JSON file"),
     Space("healed", _healed, {"base": "healed-base", "healed": "healed"}, "[FOLDER]",
           help=f"healed variants in FOLDER (default {DEFAULT_FOLDER}/), each with its training-free twin"),
+    Space("greedy", _per_sequence, {"greedy": "greedy"},
+          help="per-sequence greedy elimination (alone; see --search-rule)"),
+    Space("random-search", _per_sequence, {"random-search": "random-search"},
+          help="per-sequence random descent with --search-evaluations per sequence (alone)"),
 )}
 DEFAULT_SPACE = "file"  # the series of a spec no space claims: a user's own layer list
 
@@ -169,5 +177,10 @@ def pinned_candidates(allocations: list[Allocation]) -> list[list]:
 
 
 def pinned_allocations(pinned: list[list], num_layers: int) -> list[Allocation]:
-    """The allocations of a candidate list pinned by `pinned_candidates` (its weights hashes are not checked)."""
+    """The allocations of a candidate list pinned by `pinned_candidates` (its weights hashes are not checked).
+
+    A per-sequence search pins its columns without layers (they differ per sequence): refused here."""
+    if any(not c[1] for c in pinned):
+        raise BadInput("a per-sequence search run has no fixed layers per candidate (they differ per sequence), "
+                       "so it cannot be re-run by candidate; use a run of fixed spaces")
     return [Allocation(tuple(c[1]), num_layers, c[0], c[2] if len(c) > 2 else "") for c in pinned]

@@ -148,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "the same layers in every run"))
     g.add_argument("--tolerance", type=float, default=DEFAULTS.tolerance,
                    help=f"rule oracle: a candidate matches if its score >= full score - tolerance (default: {DEFAULTS.tolerance:g})")
+    g = orc.add_argument_group("per-sequence search (--space greedy or random-search)",
+                               "Each sequence walks down from the full model one layer at a time; its record gets one "
+                               "column STRATEGY:B per budget B from min(--budgets) to all layers but one.")
+    g.add_argument("--search-rule", choices=("score", "exact"), default=DEFAULTS.search_rule,
+                   help=("a proposal qualifies if its score >= full score - tolerance (score: generated unless "
+                         "teacher-forced verification shows it reproduces the full output) or if it reproduces the "
+                         f"full output (exact: verification only, no generation) (default: {DEFAULTS.search_rule})"))
+    g.add_argument("--search-generate", type=int, default=DEFAULTS.search_generate, metavar="G",
+                   help=("greedy, score rule: per step generate only the G proposals closest to the full model by "
+                         f"teacher-forced KL; the others are pruned (default: {DEFAULTS.search_generate})"))
+    g.add_argument("--search-width", type=int, default=DEFAULTS.search_width, metavar="W",
+                   help=f"random-search: proposals per round (default: {DEFAULTS.search_width})")
+    g.add_argument("--search-evaluations", type=int, default=DEFAULTS.search_evaluations, metavar="E",
+                   help=f"random-search: proposals judged per sequence at most (default: {DEFAULTS.search_evaluations})")
     g = orc.add_argument_group("run")
     g.add_argument("--out", default="runs/default", help="run folder (default: runs/default)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out; ids already done are skipped")
@@ -219,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "side with word-level differences from the full output. The model is not run."))
     rep.add_argument("--run", required=True, help="run folder")
     rep.add_argument("--output", help="output file (default: RUN/report.html)")
+
+    cmp_ = sub.add_parser("compare", help="two runs of the same sequences, with paired 95 %% intervals",
+                          description=("Paired differences RUN - AGAINST on the same sequences (matched by id, prompts "
+                                       "checked by content): rule and exact-rule mean %% of layers, knapsack %% of "
+                                       "layers at full quality, full-model mean score; e.g. a per-sequence search "
+                                       "against the fixed-space run of the same rows. Writes RUN/compare-NAME.json."))
+    cmp_.add_argument("--run", required=True, help="run folder (e.g. a --space greedy run)")
+    cmp_.add_argument("--against", required=True, help="run folder of the same sequences (e.g. make oracle's)")
     _add_pertoken(sub)
     return parser
 

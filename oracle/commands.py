@@ -46,6 +46,8 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
         importance_file=getattr(args, "importance", None), first_token=getattr(args, "first_token", "allocation"),
         instruction=getattr(args, "instruction", None), template=getattr(args, "template", None),
         decoder=getattr(args, "decoder", DEFAULTS.decoder),
+        **{k: getattr(args, k) for k in ("search_rule", "search_generate", "search_width", "search_evaluations")
+           if hasattr(args, k)},
     )
     if not settings.metric or not settings.max_new_tokens:  # the task's defaults
         task, _ = load_examples(settings, 1, 0)
@@ -122,6 +124,14 @@ def oracle(args: argparse.Namespace) -> int:
           f"mean {rule['mean_score']:.2f}; exact-output rule: {exact['mean_percent_layers']:.1f} %")
     print("knapsack: full quality at " + (f"{reach:.1f} % of layers" if reach is not None else "no budget")
           + _ci(knap.get("percent_layers_at_full_quality_ci95"), " %"))
+    if "search" in summary:
+        found = summary["search"]
+        print(f"search ({settings.spaces[0]}, {settings.search_rule} rule): paths stop at "
+              f"{found['mean_percent_layers_at_stop']:.1f} % of layers{_ci(found['mean_percent_layers_at_stop_ci95'], ' %')}; "
+              f"per sequence {found['mean_evaluations_per_sequence']:.1f} proposals judged, "
+              f"{found['mean_generated_per_sequence']:.1f} generated, {found['mean_fill_generations_per_sequence']:.1f} "
+              f"fill generations ({found['generations_saved_percent']:.0f} % of proposals needed no generation); "
+              f"{found['near_ties']} near-ties among verified proposals")
     if "training_free" in summary:
         free = summary["training_free"]
         free_reach = free["knapsack_percent_layers_at_full_quality"]

@@ -29,7 +29,8 @@ from skiporacle.oracle.records import SUMMARY, append_records, check_writable, o
 from skiporacle.oracle.schema import make_record
 from skiporacle.oracle.settings import OracleSettings, fingerprint
 from skiporacle.oracle.summary import resummarize, summarize
-from skiporacle.oracle.workers import run_calls, score_in_worker, score_rows
+from skiporacle.oracle.search import check_search, search_plan, search_strategy
+from skiporacle.oracle.workers import run_calls, score_in_worker, scorer
 
 
 def run_oracle(
@@ -49,10 +50,18 @@ def run_oracle(
     check_writable(out)
     model, tokenizer = load_named_model(settings.model, settings.dtype, str(device))
     inputs = load_inputs(settings, model, tokenizer)
-    done = open_run(out, fingerprint(settings, out if resume else None), resume)
-    allocations = build_candidates(settings, inputs, out, model, tokenizer, progress)
-    pin_candidates(out, pinned_candidates(allocations))
     rows = encode_prompts(tokenizer, inputs.prompts)
+    strategy = search_strategy(settings.spaces)
+    if strategy:
+        check_search(settings, model, max(map(len, rows)) + settings.max_new_tokens)
+    done = open_run(out, fingerprint(settings, out if resume else None), resume)
+    if strategy:  # per-sequence search: the batches' "candidates" are the search plan
+        plan = search_plan(strategy, settings, inputs, out, model, tokenizer, progress)
+        work, pinned = plan, plan.pinned
+    else:
+        work = build_candidates(settings, inputs, out, model, tokenizer, progress)
+        pinned = pinned_candidates(work)
+    pin_candidates(out, pinned)
     # On a GPU, room is kept for a worker's own copy of the weights, so that the plan is the same with or without workers.
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     batches = plan_for(model, [len(r) for r in rows], settings.batch_size, spare=weights)
@@ -66,15 +75,15 @@ def run_oracle(
     if threads is None:  # all of this process's threads, or the cores shared among the workers
         threads = saved_threads if in_process else max(1, (os.cpu_count() or 1) // max(workers, 1))
     scored = inputs.scored_references()
-    calls = [(settings, [rows[i] for i in batch], [scored[i] for i in batch], allocations, threads,
+    calls = [(settings, [rows[i] for i in batch], [scored[i] for i in batch], work, threads,
               progress and in_process) for batch in todo]
     claims = None if in_process or str(device) != "cuda" else tempfile.mkdtemp(prefix="skiporacle-gpus-")
-    score = partial(score_rows, model, tokenizer) if in_process else partial(score_in_worker, str(device), claims,
+    score = partial(scorer(settings), model, tokenizer) if in_process else partial(score_in_worker, str(device), claims,
                                                                               workers)
     try:
         for batch, table in zip(todo, run_calls(score, calls, workers, scheduler)):
             records = [
-                make_record(inputs.ids[i], inputs.prompts[i], list(inputs.references[i]), row, settings.tolerance)
+                _record(inputs.ids[i], inputs.prompts[i], list(inputs.references[i]), row, settings.tolerance)
                 for i, row in zip(batch, table)
                 if inputs.ids[i] not in done
             ]
@@ -88,6 +97,14 @@ def run_oracle(
     bar.close()
     return summarize(out, settings_dict=asdict(settings), wall_seconds=time.perf_counter() - start,
                      extra={"workers": workers, "resumed_sequences": resumed, "machine": _machine(threads, device)})
+
+
+def _record(example_id: str, prompt: str, references: list[str], row, tolerance: float) -> dict:
+    """A sequence's record from its scored candidates, or from a search's (candidates, search statistics)."""
+    if isinstance(row, tuple):
+        candidates, search = row
+        return {**make_record(example_id, prompt, references, candidates, tolerance), "search": search}
+    return make_record(example_id, prompt, references, row, tolerance)
 
 
 def _machine(threads: int, device: str) -> dict:

@@ -1,4 +1,4 @@
-"""The subcommands that read a finished run folder: dump, curves, report, plausibility, perplexity.
+"""The subcommands that read a finished run folder: dump, curves, report, compare, plausibility, perplexity.
 
 Each takes parsed arguments and returns an exit code.  Only plausibility, perplexity and `curves --similarity`
 run the model.
@@ -127,4 +127,27 @@ def perplexity(args: argparse.Namespace) -> int:
     for row in table:
         print(f"{row['spec']:>24}  {row['cost']:>3} layers  perplexity {row['perplexity']:10.2f}")
     print(f"skiporacle: {tokens} reference tokens of {len(records)} sequences; wrote {out / 'perplexity.json'}")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Paired comparison of two runs of the same sequences; writes RUN/compare-NAME.json."""
+    from skiporacle.data.files import write_json_atomic
+    from skiporacle.oracle.compare import compare_runs
+
+    run, against = Path(args.run), Path(args.against)
+    result = compare_runs(run, against)
+    path = run / f"compare-{against.resolve().name}.json"
+    write_json_atomic(path, result)
+    print(f"skiporacle: {result['sequences']} sequences; {run} minus {against} (95 % paired intervals); "
+          f"full outputs differ on {result['full_outputs_differ']}")
+    for key, name in (("rule", "rule"), ("exact", "exact-output rule"), ("knapsack", "knapsack at full quality")):
+        r = result[key]
+        first, second = (f"{v:.1f} %" if v is not None else "never" for v in (r["first"], r["second"]))
+        diff = "n/a" if r["difference"] is None else f"{r['difference']:+.1f}"
+        print(f"{name:>26}: {first} vs {second} of layers, difference {diff} "
+              f"[{r['difference_ci95'][0]:+.1f}, {r['difference_ci95'][1]:+.1f}] points")
+    full = result["full_mean_score"]
+    print(f"{'full model mean score':>26}: difference {full['difference']:+.2f} "
+          f"[{full['difference_ci95'][0]:+.2f}, {full['difference_ci95'][1]:+.2f}]; wrote {path}")
     return 0

@@ -37,12 +37,17 @@ class OracleSettings:
     instruction: str | None = None  # chat models: the instruction before the input instead of the task's
     template: str | None = None  # base models: the prompt, with {input} standing for the input text
     decoder: str = "together"  # "together": all candidates in one decode loop; "per-candidate": one after another
+    search_rule: str = "score"  # per-sequence search: "score" (score >= full - tolerance) or "exact" (the full output)
+    search_generate: int = 4  # greedy, score rule: proposals generated per step (those closest to the full model by KL)
+    search_width: int = 5  # random search: proposals per round
+    search_evaluations: int = 50  # random search: proposals judged per sequence at most
 
 
 DEFAULTS = OracleSettings()
 
 # Fields added after run folders were first written, with the value a settings.json without one was made with.
-_ADDED_LATER = {"first_token": "allocation", "instruction": None, "template": None, "decoder": "per-candidate"}
+_ADDED_LATER = {"first_token": "allocation", "instruction": None, "template": None, "decoder": "per-candidate",
+                "search_rule": "score", "search_generate": 4, "search_width": 5, "search_evaluations": 50}
 
 
 def fingerprint(settings: OracleSettings, resumed: Path | None = None) -> dict:

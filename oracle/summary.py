@@ -81,6 +81,8 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
         "bootstrap": {"resamples": RESAMPLES, "seed": settings["seed"], "interval": "95 % percentile",
                       "resampled": "sequences, by position in id order; the same resamples for every figure"},
     }
+    if "search" in records[0]:
+        summary["search"] = search_figures(records, n_layers, boot)
     if has_split(records):
         first, others = split_scores(records, settings["metric"], out)
         counts = [len(r["references"]) for r in records]
@@ -97,6 +99,19 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
     summary.update({"wall_seconds": wall_seconds, **extra})
     write_json_atomic(out / SUMMARY, summary)
     return summary
+
+
+def search_figures(records: list[dict], n_layers: int, boot: np.ndarray) -> dict:
+    """A per-sequence search's effort: mean proposals judged, verified, generated and pruned per sequence,
+    fill generations, near-ties among verified proposals, and where the paths stopped (with intervals)."""
+    stats = {k: np.array([r["search"][k] for r in records], dtype=float)
+             for k in ("evaluations", "verified", "generated", "pruned", "fill_generations", "near_ties", "stop_cost")}
+    stop = 100 * stats.pop("stop_cost") / n_layers
+    return {**{f"mean_{k}_per_sequence": float(v.mean()) for k, v in stats.items()},
+            "near_ties": int(stats["near_ties"].sum()),
+            "generations_saved_percent": float(100 * stats["pruned"].sum() / max(stats["evaluations"].sum(), 1)
+                                               + 100 * stats["verified"].sum() / max(stats["evaluations"].sum(), 1)),
+            "mean_percent_layers_at_stop": float(stop.mean()), "mean_percent_layers_at_stop_ci95": mean_ci(stop, boot)}
 
 
 def resummarize(out: Path) -> dict:

@@ -106,4 +106,12 @@ def score_in_worker(device: str, claims: str | None, workers: int, settings, *ca
     if device == "cuda":
         device = worker_device(device, claim_slot(claims, workers), torch.cuda.device_count())
     model, tokenizer = load_model_cached(settings.model, settings.dtype, device)
-    return score_rows(model, tokenizer, settings, *call)
+    return scorer(settings)(model, tokenizer, settings, *call)
+
+
+def scorer(settings):
+    """The function that scores a planned batch under `settings`: `score_rows`, or `search.search_rows` for a
+    per-sequence search (same arguments, the candidate list replaced by the search plan)."""
+    from skiporacle.oracle.search import search_rows, search_strategy
+
+    return search_rows if search_strategy(settings.spaces) else score_rows
