@@ -5,9 +5,11 @@ next token equals the full model's.
 The seed paper (Glavas et al. 2024) trained a linear layer with a Gumbel-softmax over skip decisions.
 This probe is plainer: the hidden state is standardised (mean and scale of the training tokens), and per
 member an L2-regularised logistic regression is fitted full-batch with L-BFGS from zero (deterministic,
-the same solver as `controller/model.py`).  The L2 strength is chosen by 3-fold cross-validation inside
-the training rows, with folds of whole *sequences* (tokens of one sequence are never split between a
-fold's training and held-out part).
+like `controller/model.py`, with a short history, on one torch thread: the solver's many small
+products are dominated by thread synchronisation otherwise, 10-100x slower on a busy CPU).  A member whose
+training labels are all alike gets a constant probability, (positives + 1/2) / (tokens + 1).  The L2
+strength is chosen by 3-fold cross-validation inside the training rows, with folds of whole
+*sequences* (tokens of one sequence are never split between a fold's training and held-out part).
 
 Decision at threshold tau: the largest m such that P(m' correct) >= tau for every m' in 1..m; member 0
 (the full model) when P(1 correct) < tau.  Larger tau never decides a cheaper member (monotone).
@@ -17,14 +19,18 @@ Shapes: T = tokens, D = hidden size, M = members of the family (member 0 = the f
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from skiporacle.controller.model import _log_loss, _logistic
+from skiporacle.controller.model import _log_loss
 
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried, per mean-loss unit
 FOLDS = 3  # cross-validation folds (of sequences) that choose the L2 strength
+MAX_ITER = 300  # L-BFGS iterations per fit at most
+HISTORY = 10  # L-BFGS history size
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,47 @@ def _choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
     losses = [sum(_log_loss(x[folds == f] @ _logistic(x[folds != f], y[folds != f], a), y[folds == f])
                   for f in range(FOLDS)) for a in ALPHAS]
     return ALPHAS[int(np.argmin(losses))]
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """argmin mean binary cross-entropy + alpha/2 |w|^2 (bias unpenalised) per column of y [T, C] -> w [D + 1, C].
+
+    Columns whose labels are all alike get w = 0 and the bias of the smoothed rate (positives + 1/2) / (T + 1)."""
+    w = np.zeros((x.shape[1], y.shape[1]))
+    rate = (y.sum(0) + 0.5) / (len(y) + 1)
+    w[-1] = np.log(rate / (1 - rate))
+    varied = np.flatnonzero((y.min(0) != y.max(0)))
+    if len(varied) == 0:
+        return w
+    with _one_thread():
+        xt, yt = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y[:, varied]))
+        wt = torch.zeros((x.shape[1], len(varied)), dtype=torch.float64, requires_grad=True)
+        mask = torch.ones_like(wt)
+        mask[-1] = 0.0
+        optimiser = torch.optim.LBFGS([wt], max_iter=MAX_ITER, history_size=HISTORY, tolerance_grad=1e-9,
+                                      tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimiser.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ wt, yt, reduction="mean") * len(varied)
+            loss = loss + alpha / 2 * ((wt * mask) ** 2).sum()
+            loss.backward()
+            return loss
+
+        optimiser.step(closure)
+    w[:, varied] = wt.detach().numpy()
+    return w
+
+
+@contextmanager
+def _one_thread():
+    """torch on one thread for the duration (the thread count restored after)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
