@@ -55,6 +55,15 @@ def test_probe_decision_rule_and_monotone_in_tau():
         previous = chosen
 
 
+def test_probe_member_with_one_class_gets_a_constant_probability():
+    x, correct, groups = _separable(200, 3)
+    correct[:, 4] = False  # the cheapest member is never right in training
+    probe = fit_probe(x, correct, groups)
+    prob = probe.probabilities(_separable(50, 4)[0])
+    assert np.allclose(prob[:, 3], 0.5 / 201)
+    assert (probe.decide(x, 0.5) <= 3).all()
+
+
 def test_auc_with_ties_and_one_class():
     assert auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
     assert auc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)
