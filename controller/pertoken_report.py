@@ -94,5 +94,8 @@ def summary_lines(result: dict, out: Path) -> list[str]:
                      f"{p['mean_score']:>13.2f} {'beyond range' if fixed is None else format(fixed['mean_score'], '.2f'):>11} "
                      f"{'n/a' if diff is None else format(diff['estimate'], '+.2f') + ' ' + _span(diff['ci95']):>28} "
                      f"{tf['agreement_with_cheapest_correct']:>6.2f} {tf['decided_correct']:>10.2f}")
+    lines.append("  (fixed rate: interpolated at the point's layers per token; agree, decided ok: teacher-forced on the "
+                 "evaluation tokens, the share where the probe decides the oracle's cheapest correct member, and where "
+                 "its decided member gives the full model's token)")
     lines.append(f"verdict (paper: per-token controller no better than fixed rates at equal compute): {result['verdict']}")
     return lines
