@@ -36,14 +36,13 @@ from skiporacle.eval.crossdecode import decode_candidates, unsupported_reason
 from skiporacle.eval.decode import prefill_shared
 from skiporacle.eval.generate import eos_ids, output_text
 from skiporacle.eval.metrics import sequence_scores
-from skiporacle.eval.verify import verify_candidates
+from skiporacle.eval.verify import NEAR_TIE, verify_candidates
 from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.persequence import (
     STRATEGIES, Judged, Path, advance, complete, greedy_proposals, random_exhausted, random_proposals, start,
 )
 
 RULES = ("score", "exact")
-NEAR_TIE = 1e-4  # a verified proposal whose top-2 logit gap falls below this may not reproduce the output when generated
 
 
 @dataclass(frozen=True)

@@ -103,14 +103,14 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
 
 def search_figures(records: list[dict], n_layers: int, boot: np.ndarray) -> dict:
     """A per-sequence search's effort: mean proposals judged, verified, generated and pruned per sequence,
-    fill generations, near-ties among verified proposals, and where the paths stopped (with intervals)."""
+    fill generations, near-ties among verified proposals, the share of proposals judged without generating
+    them (verification alone), and where the paths stopped (with intervals)."""
     stats = {k: np.array([r["search"][k] for r in records], dtype=float)
              for k in ("evaluations", "verified", "generated", "pruned", "fill_generations", "near_ties", "stop_cost")}
     stop = 100 * stats.pop("stop_cost") / n_layers
     return {**{f"mean_{k}_per_sequence": float(v.mean()) for k, v in stats.items()},
             "near_ties": int(stats["near_ties"].sum()),
-            "generations_saved_percent": float(100 * stats["pruned"].sum() / max(stats["evaluations"].sum(), 1)
-                                               + 100 * stats["verified"].sum() / max(stats["evaluations"].sum(), 1)),
+            "generations_saved_percent": float(100 * (1 - stats["generated"].sum() / max(stats["evaluations"].sum(), 1))),
             "mean_percent_layers_at_stop": float(stop.mean()), "mean_percent_layers_at_stop_ci95": mean_ci(stop, boot)}
 
 

@@ -159,6 +159,7 @@ def test_exact_greedy_against_brute_force(exact_run):
         assert exact_choice == ("all" if stop == NUM_LAYERS else f"greedy:{stop}")
         assert record["search"]["generated"] == 0 and record["search"]["near_ties"] == 0
     assert summary["search"]["mean_generated_per_sequence"] == 0
+    assert summary["search"]["generations_saved_percent"] == 100
     assert summary["rule_exact"]["mean_layers"] == pytest.approx(
         sum(r["search"]["stop_cost"] for r in records) / len(records))
     print(f"greedy stops above the brute-force optimum on {below_optimum} of {len(records)} sequences")
