@@ -19,13 +19,13 @@ Shapes: T = tokens, D = hidden size, M = members of the family (member 0 = the f
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from skiporacle.controller.model import _log_loss
+from skiporacle.eval.device import one_thread
 
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried, per mean-loss unit
 FOLDS = 3  # cross-validation folds (of sequences) that choose the L2 strength
@@ -108,7 +108,7 @@ def _logistic(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
     varied = np.flatnonzero((y.min(0) != y.max(0)))
     if len(varied) == 0:
         return w
-    with _one_thread():
+    with one_thread():
         xt, yt = torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(y[:, varied]))
         wt = torch.zeros((x.shape[1], len(varied)), dtype=torch.float64, requires_grad=True)
         mask = torch.ones_like(wt)
@@ -126,17 +126,6 @@ def _logistic(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
         optimiser.step(closure)
     w[:, varied] = wt.detach().numpy()
     return w
-
-
-@contextmanager
-def _one_thread():
-    """torch on one thread for the duration (the thread count restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:

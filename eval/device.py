@@ -7,6 +7,7 @@ bfloat16 on a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -84,3 +85,15 @@ def claim_slot(folder: str | None, workers: int) -> int:
             _CLAIMED[folder] = slot
             break
     return _CLAIMED[folder]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread for the duration, the thread count restored after (small products, where
+    thread synchronisation costs more than it saves, and tests that need one fixed thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -51,8 +51,9 @@ def _add_device(p) -> None:
                          "Not part of settings.json: a run resumes on another device"))
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and decoding")
+def _add_model_args(p: argparse.ArgumentParser, title: str = "model and decoding",
+                    prompt_under_allocation: bool = True) -> None:
+    g = p.add_argument_group(title)
     g.add_argument("--model", default=DEFAULTS.model,
                    help=f"embedded model name (smollm2-135m) or a local Hugging Face model folder (default: {DEFAULTS.model})")
     _add_device(g)
@@ -65,8 +66,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
     g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
                    help="most sequences per batch (default 0: chosen from model and prompt sizes)")
-    g.add_argument("--prompt-under-allocation", action="store_true",
-                   help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
+    if prompt_under_allocation:
+        g.add_argument("--prompt-under-allocation", action="store_true",
+                       help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
 
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
@@ -260,19 +262,8 @@ def _add_pertoken(sub) -> None:
             "--budgets. Writes OUT/pertoken.json and OUT/pertoken.png, with 95 % bootstrap intervals over sequences, "
             "paired where two figures share them."))
     _add_data_args(per)
-    g = per.add_argument_group("model and decoding (the full model reads the prompt but its last token)")
-    g.add_argument("--model", default=DEFAULTS.model,
-                   help=f"embedded model name (smollm2-135m) or a local Hugging Face model folder (default: {DEFAULTS.model})")
-    _add_device(g)
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="weights and compute (default: float32 on the CPU, bfloat16 on a GPU)")
-    defaults = ", ".join(f"{name} {n}" for name, n in max_new_tokens_defaults().items())
-    g.add_argument("--max-new-tokens", type=int, default=None,
-                   help=f"greedy tokens per sequence at most (default: the task's: {defaults})")
-    g.add_argument("--metric", default=None,
-                   help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
-    g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
-                   help="most sequences per batch (default 0: chosen from model and prompt sizes; labels: 8)")
+    _add_model_args(per, "model and decoding (the full model reads the prompt but its last token)",
+                    prompt_under_allocation=False)
     g = per.add_argument_group("study")
     g.add_argument("--train-offset", type=int, default=100,
                    help="first training row of the same task, for the probe (default: 100)")

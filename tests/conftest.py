@@ -320,15 +320,7 @@ ORACLE_TEXTS = (
 ORACLE_MAX_NEW = 8
 
 
-@contextlib.contextmanager
-def one_thread():
-    """torch on one thread for the duration (session fixtures cannot use `single_thread`)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+from skiporacle.eval.device import one_thread  # noqa: E402  (tests import it from here)
 
 
 @pytest.fixture(scope="session")

@@ -5,28 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 import skiporacle.eval.pertoken_generate as pertoken_generate
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.pertoken import (
     early_exit_family, generate_per_token, importance_family, per_token_labels, reference_per_token)
 
-from conftest import _config  # noqa: E402 (tests dir is on sys.path)
+from test_crossdecode import _model  # noqa: E402 (tests dir is on sys.path)
 
 MAX_NEW = 7
 EOS = frozenset({1})
 DROP_ORDER = (3, 1, 5, 0, 2, 4)  # drops layer 0 fourth, unless kept
-
-
-def _model(layout: str, tiny_model):
-    """A tiny model; "-long" layouts have their sliding window beyond every test length."""
-    if not layout.endswith("-long"):
-        return tiny_model(layout)
-    config = _config(layout.removesuffix("-long"))
-    config.sliding_window = 128
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 def _constant(member: int):
