@@ -114,4 +114,4 @@ def scorer(settings):
     per-sequence search (same arguments, the candidate list replaced by the search plan)."""
     from skiporacle.oracle.search import search_rows, search_strategy
 
-    return search_rows if search_strategy(settings.spaces) else score_rows
+    return search_rows if search_strategy(getattr(settings, "spaces", ())) else score_rows
