@@ -94,6 +94,11 @@ def summary_lines(result: dict, out: Path) -> list[str]:
                      f"{p['mean_score']:>13.2f} {'beyond range' if fixed is None else format(fixed['mean_score'], '.2f'):>11} "
                      f"{'n/a' if diff is None else format(diff['estimate'], '+.2f') + ' ' + _span(diff['ci95']):>28} "
                      f"{tf['agreement_with_cheapest_correct']:>6.2f} {tf['decided_correct']:>10.2f}")
+    lines.append("  charged for the key/value fill of skipped layers: " + "; ".join(
+        f"tau {p['tau']:g} {p['percent_layers_charged']:.1f} % " + (
+            "beyond range" if p["controller_minus_fixed_rate_charged"] is None else
+            f"{p['controller_minus_fixed_rate_charged']['estimate']:+.2f} {_span(p['controller_minus_fixed_rate_charged']['ci95'])}")
+        for p in result["tau_points"]))
     lines.append("  (fixed rate: interpolated at the point's layers per token; agree, decided ok: teacher-forced on the "
                  "evaluation tokens, the share where the probe decides the oracle's cheapest correct member, and where "
                  "its decided member gives the full model's token)")

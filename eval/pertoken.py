@@ -62,6 +62,15 @@ def early_exit_family(num_layers: int) -> Family:
     return Family("early-exit", tuple(early_exit(L, num_layers) for L in range(num_layers, 0, -1)))
 
 
+def kv_fill_fraction(model: PreTrainedModel) -> float:
+    """What a skipped layer still costs under per-token skipping, as a fraction of a whole layer's weights:
+    its input norm and key/value projections (and Qwen3's key norm), which fill its cache entry."""
+    layer = decoder_layers(model)[0]
+    attn = layer.self_attn
+    parts = [layer.input_layernorm, attn.k_proj, attn.v_proj] + ([attn.k_norm] if hasattr(attn, "k_norm") else [])
+    return sum(p.numel() for m in parts for p in m.parameters()) / sum(p.numel() for p in layer.parameters())
+
+
 @dataclass(frozen=True)
 class TokenLabels:
     """One row per output token of every sequence, ordered by (sequence, position)."""

@@ -117,6 +117,8 @@ def test_verdict_reads_the_paired_intervals():
     assert verdict([point(0.5, [-1.0, 0.5]), point(0.9, [-3.0, -0.2])]).startswith("holds")
     line = verdict([point(0.5, [-1.0, 0.5]), point(0.9, [0.1, 2.0])])
     assert line.startswith("does not hold") and "tau 0.9" in line
+    charged = {**point(0.9, [0.1, 2.0]), "controller_minus_fixed_rate_charged": {"estimate": 0, "ci95": [-0.5, 1.0]}}
+    assert verdict([charged]).startswith("holds")  # above only while the key/value fill goes uncharged
 
 
 def test_resamples_are_shared_and_seeded():
@@ -203,7 +205,7 @@ def study(base_args, tmp_path_factory):
 
 KEYS = {"study", "model", "task", "metric", "num_layers", "settings", "rows", "families", "full_model", "oracle",
         "near_ties", "probe", "tau_points", "fixed_rate", "bootstrap", "cost_note", "verdict", "wall_seconds",
-        "machine", "versions"}
+        "machine", "versions", "kv_fill_fraction"}
 
 
 def test_end_to_end_writes_every_key(study):
@@ -255,6 +257,10 @@ def test_extreme_taus_equal_the_fixed_allocations(study):
     assert always_full["identical_to_full_sequences"] == 4
     assert always_full["token_ids"] == result["full_model"]["token_ids"] == fixed[NUM_LAYERS]["token_ids"]
     assert always_full["controller_minus_fixed_rate"] == {"estimate": 0.0, "ci95": [0.0, 0.0]}
+    assert always_full["controller_minus_fixed_rate_charged"] == {"estimate": 0.0, "ci95": [0.0, 0.0]}
+    # tiny Llama: input norm 64 + k and v projections 64 x 32 each, of a layer of 64*(64+32+32+64) + 3*64*128 + 2*64
+    assert result["kv_fill_fraction"] == pytest.approx((64 + 2 * 64 * 32) / (64 * 192 + 3 * 64 * 128 + 128))
+    assert cheapest["mean_layers_per_token_charged"] == pytest.approx(2 + (NUM_LAYERS - 2) * result["kv_fill_fraction"])
     assert always_full["teacher_forced"]["mean_layers"] == NUM_LAYERS
 
 
