@@ -47,7 +47,7 @@ def plot_pertoken(path: Path, result: dict) -> None:
     ax.set_xlabel("mean % of decoder layers per generated token")
     ax.set_ylabel(f"mean {result['metric']}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
