@@ -26,7 +26,8 @@ from skiporacle.eval.batching import left_pad
 from skiporacle.eval.decode import positions, top2_margin
 from skiporacle.eval.model import decoder_layers
 from skiporacle.eval.pertoken_generate import (  # noqa: F401 (re-exported)
-    PerTokenGeneration, attend, check_model, finish, generate_per_token, project, reference_per_token, rotary)
+    PerTokenGeneration, attend, check_model, finish, generate_per_token, project, reference_per_token)
+from skiporacle.eval.crosslanes import rotary_function
 from skiporacle.search.allocation import Allocation, early_exit
 
 
@@ -113,7 +114,7 @@ def per_token_labels(model: PreTrainedModel, prompt_rows: list[list[int]], outpu
 
 def _label_batch(model, prompt_rows, outputs, batch, family, probe_layer) -> tuple[np.ndarray, ...]:
     """(correct, features, sequence, position, margin) of the sequences `batch`, in batch order."""
-    layers, base, head, rotate = decoder_layers(model), model.base_model, model.get_output_embeddings(), rotary(model)
+    layers, base, head, rotate = decoder_layers(model), model.base_model, model.get_output_embeddings(), rotary_function(model)
     outs = [outputs[i] for i in batch]
     ids, mask = left_pad([prompt_rows[i] + outputs[i][:-1] for i in batch], 0, head.weight.device)
     B, W = ids.shape

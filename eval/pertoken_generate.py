@@ -27,7 +27,6 @@ S cache columns (padded prompt - 1 + max_new_tokens), M family members.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -41,6 +40,7 @@ from skiporacle.eval.batching import left_pad
 from skiporacle.eval.crossdecode import unsupported_reason
 from skiporacle.eval.decode import prefill_shared
 from skiporacle.eval.memory import kv_head_shape
+from skiporacle.eval.crosslanes import rotary_function
 from skiporacle.eval.model import decoder_layers
 
 if TYPE_CHECKING:
@@ -76,11 +76,6 @@ def check_probe(family: Family, probe_layer: int) -> None:
     for m in family.members:
         if m.layers[: probe_layer + 1] != tuple(range(probe_layer + 1)):
             raise ValueError(f"member {m.spec!r} does not keep layers 0-{probe_layer} (probe_layer)")
-
-
-def rotary(model: PreTrainedModel):
-    """The model's own `apply_rotary_pos_emb`, from its modeling module."""
-    return sys.modules[type(decoder_layers(model)[0].self_attn).__module__].apply_rotary_pos_emb
 
 
 def project(layer, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate, query: bool = True):
@@ -160,7 +155,7 @@ def generate_per_token(model: PreTrainedModel, prompt_rows: list[list[int]], fam
     out = PerTokenGeneration([[] for _ in prompt_rows], [[] for _ in prompt_rows], [[] for _ in prompt_rows])
     if not prompt_rows or max_new_tokens <= 0:
         return out
-    base, head, rotate = model.base_model, model.get_output_embeddings(), rotary(model)
+    base, head, rotate = model.base_model, model.get_output_embeddings(), rotary_function(model)
     ids, mask = left_pad(prompt_rows, pad_id, head.weight.device)
     P, n, columns = ids.shape[1], len(prompt_rows), ids.shape[1] - 1 + max_new_tokens
     prompt_cache, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
