@@ -245,3 +245,20 @@ def test_compare_runs_is_paired(exact_run, tiny_llm_dir, oracle_data, tmp_path, 
     fewer = tmp_path / "fewer"
     _run(replace(settings, limit=3), fewer)
     assert_bad(capsys, "compare", "--run", folder, "--against", fewer, match="same finished sequences")
+
+
+def test_a_search_run_reads_like_any_run(exact_run, tmp_path, capsys):
+    """curves, dump, report and the controller read a search run unchanged; commands that re-run candidates
+    by their pinned layers refuse it with one line."""
+    from test_cli import run_cli
+
+    folder = tmp_path / "exact"
+    _run(exact_run[0], folder)
+    for argv in (["curves", "--run", folder], ["dump", "--run", folder], ["report", "--run", folder],
+                 ["controller", "--run", folder, "--folds", "2", "--resamples", "20"]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0, (argv, out, err)
+    assert (folder / "curves.png").exists() and (folder / "report.html").exists()
+    series = {line.split(",")[0] for line in (folder / "curves.csv").read_text(encoding="utf-8").splitlines()[1:]}
+    assert "greedy" in series
+    assert_bad(capsys, "perplexity", "--run", folder, match="per-sequence search")
