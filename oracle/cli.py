@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "teacher-forced verification shows it reproduces the full output) or if it reproduces the "
                          f"full output (exact: verification only, no generation) (default: {DEFAULTS.search_rule})"))
     g.add_argument("--search-generate", type=int, default=DEFAULTS.search_generate, metavar="G",
-                   help=("greedy, score rule: per step generate only the G proposals closest to the full model by "
-                         f"teacher-forced KL; the others are pruned (default: {DEFAULTS.search_generate})"))
+                   help=("score rule: of each step's (greedy) or round's (random-search) proposals that verification "
+                         "does not show to reproduce the full output, generate only the G closest to the full model "
+                         f"by teacher-forced KL; the others are pruned (default: {DEFAULTS.search_generate})"))
     g.add_argument("--search-width", type=int, default=DEFAULTS.search_width, metavar="W",
                    help=f"random-search: proposals per round (default: {DEFAULTS.search_width})")
     g.add_argument("--search-evaluations", type=int, default=DEFAULTS.search_evaluations, metavar="E",

@@ -38,7 +38,7 @@ class OracleSettings:
     template: str | None = None  # base models: the prompt, with {input} standing for the input text
     decoder: str = "together"  # "together": all candidates in one decode loop; "per-candidate": one after another
     search_rule: str = "score"  # per-sequence search: "score" (score >= full - tolerance) or "exact" (the full output)
-    search_generate: int = 4  # greedy, score rule: proposals generated per step (those closest to the full model by KL)
+    search_generate: int = 4  # score rule: proposals generated per step or round (those closest to the full model by KL)
     search_width: int = 5  # random search: proposals per round
     search_evaluations: int = 50  # random search: proposals judged per sequence at most
 
