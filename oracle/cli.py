@@ -1,4 +1,5 @@
-"""The `skiporacle` command: generate, heal, oracle, perplexity, dump, curves, report.
+"""The `skiporacle` command: generate, heal, oracle, rank, plausibility, perplexity, dump, curves, report, compare
+(and controller, pertoken: `controller/cli.py`).
 
 Bad input of any kind ends with one line on stderr and exit code 2.  Every command that runs a model takes
 `--device auto|cpu|cuda[:N]` (see skiporacle.eval.device).
@@ -86,6 +87,8 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from skiporacle.controller.cli import add_controller_parsers
+
     parser = _Parser(prog="skiporacle", description=(
         "For each input sequence, find the cheapest set of decoder layers that keeps the full model's quality."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -174,23 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=("torch threads of each scoring process (default: all of this process's, or cores / K with "
                          "--workers K); allocations.jsonl is byte-identical only between runs with the same count"))
 
-    con = sub.add_parser("controller", help="learn per-sequence allocations from an oracle run, judged on unseen sequences",
-                         description=(
-                             "Train a controller that picks each sequence's allocation from its prompt alone (features of "
-                             "the full model's prefill), and evaluate it honestly: with k-fold cross-validation every "
-                             "sequence is decided by a controller that never saw it; with --train it is trained on another "
-                             "run with the same candidates. Writes OUT/controller.json (figures with 95 %% bootstrap "
-                             "intervals, the in-sample oracle, a shuffled oracle and a prompt-length baseline on the same "
-                             "sequences), OUT/controller.png, and a deployable controller in OUT/model/."))
-    con.add_argument("--run", required=True, help="the oracle run to evaluate on (its labels and prompts)")
-    con.add_argument("--train", metavar="RUN", help="train on this run instead of cross-validating (same candidates, no shared prompt)")
-    con.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
-    con.add_argument("--tolerance", type=float, default=0.0,
-                     help="a candidate matches if its score >= full score - tolerance (default: 0)")
-    con.add_argument("--seed", type=int, default=0, help="seed of the fold assignment and the bootstrap (default: 0)")
-    con.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples over sequences (default: {RESAMPLES})")
-    con.add_argument("--out", help="output folder (default: RUN/controller, or RUN/controller-from-TRAIN with --train)")
-    _add_device(con)
+    add_controller_parsers(sub)  # controller, pertoken
 
     rnk = sub.add_parser("rank", help="rank layers by importance on fixed rows, for --importance",
                          description=("Measure the importance order (the damage of removing each layer alone: perplexity "
@@ -244,49 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "against the fixed-space run of the same rows. Writes RUN/compare-NAME.json."))
     cmp_.add_argument("--run", required=True, help="run folder (e.g. a --space greedy run)")
     cmp_.add_argument("--against", required=True, help="run folder of the same sequences (e.g. make oracle's)")
-    _add_pertoken(sub)
     return parser
-
-
-def _add_pertoken(sub) -> None:
-    """`skiporacle pertoken` (skiporacle.controller.pertoken): a per-token controller against fixed skip rates."""
-    per = sub.add_parser(
-        "pertoken", help="per-token study: oracle, a hidden-state probe and its controller vs fixed skip rates",
-        description=(
-            "Does a learned per-token controller beat fixed skip rates at equal compute? (The seed paper found it "
-            "does not.) On the evaluation rows: the full model's greedy outputs; the per-token oracle (teacher-forced, "
-            "each token's cheapest member of a nested family whose next token is the full model's) for the importance "
-            "family (layers dropped in --importance's order, layers 0..--probe-layer kept) and the early-exit family; "
-            "a probe (per-member L2 logistic regressions on the standardised hidden state after layer --probe-layer, "
-            "trained on the training rows' labels; the paper used a linear layer with Gumbel-softmax) deciding each "
-            "token's member, generated with real skipping at each --taus; and the fixed rates importance:B for "
-            "--budgets. Writes OUT/pertoken.json and OUT/pertoken.png, with 95 % bootstrap intervals over sequences, "
-            "paired where two figures share them."))
-    _add_data_args(per)
-    _add_model_args(per, "model and decoding (the full model reads the prompt but its last token)",
-                    prompt_under_allocation=False)
-    g = per.add_argument_group("study")
-    g.add_argument("--train-offset", type=int, default=100,
-                   help="first training row of the same task, for the probe (default: 100)")
-    g.add_argument("--train-limit", type=int, default=150, help="training rows (default: 150)")
-    g.add_argument("--importance", default="runs/ranking.json", metavar="FILE",
-                   help="the layer ranking (an importance.json from `skiporacle rank`; `make ranking` writes the "
-                        "default) that orders the importance family and the fixed rates (default: runs/ranking.json)")
-    g.add_argument("--probe-layer", type=int, default=1,
-                   help=("the probe reads the hidden state after this layer; layers 0..PROBE_LAYER always run (layers 0 and 1 "
-                         "are vital on SmolLM2) (default: 1)"))
-    g.add_argument("--taus", default="0.5,0.7,0.8,0.9,0.95,0.99",
-                   help=("thresholds: a token runs the cheapest member m whose probability of giving the full model's "
-                         "token, and every dearer member's, is >= tau; 0 always picks the cheapest member, above 1 "
-                         "always the full model (default: 0.5,0.7,0.8,0.9,0.95,0.99)"))
-    g.add_argument("--budgets", default="16,20,22,24,26,28,29",
-                   help=("layers kept by the fixed-rate baselines importance:B (the full model is added); tau points "
-                         "are compared with them interpolated at equal layers per token (default: 16,20,22,24,26,28,29)"))
-    g.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default: 0)")
-    g.add_argument("--resamples", type=int, default=RESAMPLES,
-                   help=f"bootstrap resamples over sequences (default: {RESAMPLES})")
-    g.add_argument("--out", help="output folder (default: runs/pertoken-TASK, or runs/pertoken-STEM with --data)")
-    per.set_defaults(prompt_under_allocation=False)
 
 
 def main(argv: list[str] | None = None) -> int:
