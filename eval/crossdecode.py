@@ -35,7 +35,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.attention import attention_with_lse
-from skiporacle.eval.crosslanes import Lane, flat_lanes, prompt_prefixes, ragged_lanes, rotary_function
+from skiporacle.eval.crosslanes import Lane, finish, flat_lanes, project, prompt_prefixes, ragged_lanes, rotary_function
 from skiporacle.eval.memory import kv_head_shape
 from skiporacle.eval.model import decoder_layers
 from skiporacle.search.allocation import Allocation
@@ -93,22 +93,14 @@ def _run_lane(lane: Lane, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Te
               prefix: tuple[torch.Tensor, torch.Tensor], prefix_bias: torch.Tensor, prefix_empty: torch.Tensor, K: int,
               rotate) -> None:
     """One decoder layer on the lane's rows of hidden [R, D], in place; stores their keys/values at `step`."""
-    layer, attn = lane.module, lane.module.self_attn
+    layer = lane.module
     x = hidden[lane.rows]  # [n, D]
-    normed = layer.input_layernorm(x)
-    n, hd = len(x), attn.head_dim
-    q = attn.q_proj(normed).view(n, -1, hd)
-    k = attn.k_proj(normed).view(n, -1, hd)
-    v = attn.v_proj(normed).view(n, -1, hd)
-    if hasattr(attn, "q_norm"):  # Qwen3: RMS norm on the head dimension before rotation
-        q, k = attn.q_norm(q), attn.k_norm(k)
     sequence = lane.rows // K
-    q, k = rotate(q[:, :, None], k[:, :, None], cos[sequence][:, None], sin[sequence][:, None])  # [n, heads, 1, hd]
-    lane.keys[:, :, step] = k[:, :, 0]
+    q, k, v = project(layer, layer.input_layernorm(x), cos[sequence], sin[sequence], rotate)  # [n, heads, hd]
+    lane.keys[:, :, step] = k
     lane.values[:, :, step] = v
-    out = _attention(lane, q[:, :, 0], step, prefix[0], prefix[1], prefix_bias, prefix_empty, attn.scaling)
-    x = x + attn.o_proj(out.reshape(n, -1))
-    hidden[lane.rows] = x + layer.mlp(layer.post_attention_layernorm(x))
+    out = _attention(lane, q, step, prefix[0], prefix[1], prefix_bias, prefix_empty, layer.self_attn.scaling)
+    hidden[lane.rows] = finish(layer, x, out.reshape(len(x), -1))
 
 
 @torch.inference_mode()

@@ -4,7 +4,9 @@
 `verify` checks them in one teacher-forced pass; both run each decoder layer on
 the rows that keep it, and read the sequence's one full-model prompt cache
 through a dense [B, C] query layout (C = the most rows of one sequence in the
-lane; slots of sequences with fewer rows stay unused).
+lane; slots of sequences with fewer rows stay unused).  A layer runs through the
+model's own modules in two halves, `project` (norms, q/k/v, rotary) and `finish`
+(o_proj, MLP, residuals), shared with the per-token engine (`pertoken_generate`).
 
 Shapes: B sequences, K the row stride of a sequence (row r = b*K + k), C rows
 of one sequence in a lane, Hkv key/value heads, hd head dim, P prefix length.
@@ -116,3 +118,28 @@ def prompt_prefixes(model: PreTrainedModel, prompt_cache: DynamicCache,
 def rotary_function(model: PreTrainedModel):
     """The layout's own `apply_rotary_pos_emb(q, k, cos, sin)` (it unsqueezes cos/sin at dim 1)."""
     return sys.modules[type(decoder_layers(model)[0].self_attn).__module__].apply_rotary_pos_emb
+
+
+def project(layer, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate, query: bool = True):
+    """(queries [..., H, hd] or None, keys, values [..., Hkv, hd]) of `layer` from normed [..., D].
+
+    cos/sin [..., hd] are the rotary tables of each position; without `query` only keys and values are computed.
+    """
+    attn = layer.self_attn
+    shape = (*normed.shape[:-1], -1, attn.head_dim)
+    k, v = attn.k_proj(normed).view(shape), attn.v_proj(normed).view(shape)
+    if hasattr(attn, "k_norm"):  # Qwen3: RMS norm over the head dimension before rotation
+        k = attn.k_norm(k)
+    if not query:
+        return None, rotate(k, k, cos, sin, unsqueeze_dim=-2)[1], v  # the first slot is a dummy: keys only
+    q = attn.q_proj(normed).view(shape)
+    if hasattr(attn, "q_norm"):
+        q = attn.q_norm(q)
+    q, k = rotate(q, k, cos, sin, unsqueeze_dim=-2)
+    return q, k, v
+
+
+def finish(layer, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """The layer's output from its input x [..., D] and attention output [..., H*hd]: residuals and MLP."""
+    x = x + layer.self_attn.o_proj(attention)
+    return x + layer.mlp(layer.post_attention_layernorm(x))

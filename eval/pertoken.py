@@ -26,8 +26,8 @@ from skiporacle.eval.batching import left_pad
 from skiporacle.eval.decode import positions, top2_margin
 from skiporacle.eval.model import decoder_layers
 from skiporacle.eval.pertoken_generate import (  # noqa: F401 (re-exported)
-    PerTokenGeneration, attend, check_model, finish, generate_per_token, project, reference_per_token)
-from skiporacle.eval.crosslanes import rotary_function
+    PerTokenGeneration, attend, check_model, generate_per_token, reference_per_token)
+from skiporacle.eval.crosslanes import finish, project, rotary_function
 from skiporacle.search.allocation import Allocation, early_exit
 
 

@@ -40,7 +40,7 @@ from skiporacle.eval.batching import left_pad
 from skiporacle.eval.crossdecode import unsupported_reason
 from skiporacle.eval.decode import prefill_shared
 from skiporacle.eval.memory import kv_head_shape
-from skiporacle.eval.crosslanes import rotary_function
+from skiporacle.eval.crosslanes import finish, project, rotary_function
 from skiporacle.eval.model import decoder_layers
 
 if TYPE_CHECKING:
@@ -78,25 +78,6 @@ def check_probe(family: Family, probe_layer: int) -> None:
             raise ValueError(f"member {m.spec!r} does not keep layers 0-{probe_layer} (probe_layer)")
 
 
-def project(layer, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate, query: bool = True):
-    """(queries [..., H, hd] or None, keys, values [..., Hkv, hd]) of `layer` from normed [..., D].
-
-    cos/sin [..., hd] are the rotary tables of each position; without `query` only keys and values are computed.
-    """
-    attn = layer.self_attn
-    shape = (*normed.shape[:-1], -1, attn.head_dim)
-    k, v = attn.k_proj(normed).view(shape), attn.v_proj(normed).view(shape)
-    if hasattr(attn, "k_norm"):  # Qwen3: RMS norm over the head dimension before rotation
-        k = attn.k_norm(k)
-    if not query:
-        return None, rotate(k, k, cos, sin, unsqueeze_dim=-2)[1], v  # the first slot is a dummy: keys only
-    q = attn.q_proj(normed).view(shape)
-    if hasattr(attn, "q_norm"):
-        q = attn.q_norm(q)
-    q, k = rotate(q, k, cos, sin, unsqueeze_dim=-2)
-    return q, k, v
-
-
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """Attention [N, Q, H*hd] of q [N, Q, H, hd] over keys/values [N, Hkv, S, hd]; additive bias [N, 1, Q, S].
 
@@ -111,12 +92,6 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torc
         bias = bias.repeat_interleave(G, dim=2)
     out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=bias, scale=scale)
     return out.view(N, Hkv, Q, G, hd).permute(0, 2, 1, 3, 4).reshape(N, Q, H * hd)
-
-
-def finish(layer, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """The layer's output from its input x [..., D] and attention output [..., H*hd]: residuals and MLP."""
-    x = x + layer.self_attn.o_proj(attention)
-    return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
 def _step_layer(layer, hidden, rows, full: bool, cos, sin, keys, values, bias, col: int, rotate) -> None:

@@ -31,7 +31,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.attention import attention_with_lse
 from skiporacle.eval.crossdecode import unsupported_reason
-from skiporacle.eval.crosslanes import prompt_prefixes, rotary_function
+from skiporacle.eval.crosslanes import finish, project, prompt_prefixes, rotary_function
 from skiporacle.eval.model import allocation_view, decoder_layers
 from skiporacle.search.allocation import Allocation
 
@@ -152,17 +152,10 @@ def _forward(model, chunk, prefixes, prefix_mask, last_prompt_token, targets) ->
 
 def _layer(layer, x, cos, sin, slot, C, prefix, causal, rotate) -> torch.Tensor:
     """One decoder layer over rows x [m, T, D] at rotary cos/sin [m, T, hd]; returns the new x."""
-    attn, (m, T, _) = layer.self_attn, x.shape
-    normed = layer.input_layernorm(x)
-    q = attn.q_proj(normed).view(m, T, -1, attn.head_dim)
-    k = attn.k_proj(normed).view(m, T, -1, attn.head_dim)
-    v = attn.v_proj(normed).view(m, T, -1, attn.head_dim).transpose(1, 2)
-    if hasattr(attn, "q_norm"):  # Qwen3: RMS norm on the head dimension before rotation
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = rotate(q.transpose(1, 2), k.transpose(1, 2), cos, sin)  # [m, heads, T, hd]
-    out = _attention(q, k, v, slot, C, *prefix, causal, attn.scaling)
-    x = x + attn.o_proj(out.transpose(1, 2).reshape(m, T, -1))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
+    m, T, _ = x.shape
+    q, k, v = (t.transpose(1, 2) for t in project(layer, layer.input_layernorm(x), cos, sin, rotate))  # [m, heads, T, hd]
+    out = _attention(q, k, v, slot, C, *prefix, causal, layer.self_attn.scaling)
+    return finish(layer, x, out.transpose(1, 2).reshape(m, T, -1))
 
 
 def _attention(q, k, v, slot, C, prefix_keys, prefix_values, prefix_bias, prefix_empty, causal, scale) -> torch.Tensor:
