@@ -39,7 +39,7 @@ from skiporacle.eval.metrics import sequence_scores
 from skiporacle.eval.verify import NEAR_TIE, verify_candidates
 from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.persequence import (
-    STRATEGIES, Judged, Path, advance, complete, greedy_proposals, random_exhausted, random_proposals, start,
+    STRATEGIES, Judged, Path, advance, complete, greedy_proposals, random_advance, random_proposals, start,
 )
 
 RULES = ("score", "exact")
@@ -140,10 +140,7 @@ def search_rows(model, tokenizer, settings, rows: list[list[int]], references: l
 def _advance(path: Path, judged: list[Judged], plan: SearchPlan, settings) -> Path:
     if plan.strategy == "greedy":
         return advance(path, judged, exhausted=True)
-    moved = advance(path, judged, exhausted=False)
-    if not moved.done and random_exhausted(moved, (), plan.costs[0], settings.search_evaluations):
-        moved = advance(moved, [], exhausted=True)
-    return moved
+    return random_advance(path, judged, (), plan.costs[0], settings.search_evaluations)
 
 
 class _Batch:

@@ -101,9 +101,12 @@ def advance(path: Path, judged: Sequence[Judged], exhausted: bool) -> Path:
     return replace(path, tried=tried, evaluations=evaluations, done=exhausted or not judged)
 
 
-def random_exhausted(path: Path, keep: Sequence[int], floor: int, budget: int) -> bool:
-    """Whether a random descent has nothing left to try at its current allocation (after `path` was advanced)."""
-    return path.evaluations >= budget or all(a.layers in path.tried for a in drops(path, keep, floor))
+def random_advance(path: Path, judged: Sequence[Judged], keep: Sequence[int], floor: int, budget: int) -> Path:
+    """`advance` for random descent: the path ends once its `budget` of evaluations is spent or every drop of
+    its (new) current allocation has been tried."""
+    moved = advance(path, judged, exhausted=False)
+    spent = moved.evaluations >= budget or all(a.layers in moved.tried for a in drops(moved, keep, floor))
+    return replace(moved, done=True) if not moved.done and spent else moved
 
 
 def complete(path: Path, drop_order: Sequence[int], costs: Sequence[int]) -> dict[int, Allocation]:

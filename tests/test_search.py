@@ -13,7 +13,7 @@ import pytest
 from skiporacle.oracle.records import ALLOCATIONS
 from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.persequence import (
-    Judged, advance, complete, greedy_proposals, named, random_exhausted, random_proposals, start,
+    Judged, advance, complete, greedy_proposals, named, random_advance, random_proposals, start,
 )
 
 from conftest import NUM_LAYERS, ORACLE_MAX_NEW, one_thread
@@ -71,9 +71,7 @@ def test_random_descent_budget_width_and_determinism():
             proposals = random_proposals(path, (), 1, 3, 20, rng)
             sizes.append(len(proposals))
             assert all(a.layers not in path.tried for a in proposals)
-            path = advance(path, _judge(proposals, lambda ls: 5 in ls, lambda ls: (0.0,)), exhausted=False)
-            if not path.done and random_exhausted(path, (), 1, 20):
-                path = advance(path, [], exhausted=True)
+            path = random_advance(path, _judge(proposals, lambda ls: 5 in ls, lambda ls: (0.0,)), (), 1, 20)
         return path, sizes
 
     path, sizes = walk(1)
