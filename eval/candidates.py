@@ -40,7 +40,7 @@ def score_batch(
     generated = generate_batch(model, rows, allocations, max_new_tokens, eos, tokenizer.pad_token_id,
                                prompt_under_allocation, first_token, bar, decoder)
     gens = [[Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in row] for row in generated]
-    return _scored(gens, references, allocations, metric)
+    return scored(gens, references, allocations, metric)
 
 
 def score_candidates(
@@ -64,13 +64,17 @@ def score_candidates(
         model, tokenizer, prompts, allocations, max_new_tokens, prompt_under_allocation, progress, max_batch,
         first_token,
     )
-    return _scored(generations, references, allocations, metric)
+    return scored(generations, references, allocations, metric)
 
 
-def _scored(generations: Sequence[Sequence[Generation]], references: Sequence[Sequence[str]],
-            allocations: Sequence[Allocation], metric: str) -> list[list[Candidate]]:
+def scored(generations: Sequence[Sequence[Generation]], references: Sequence[Sequence[str]],
+           allocations: Sequence[Allocation] | Sequence[Sequence[Allocation]], metric: str) -> list[list[Candidate]]:
+    """Candidates [sequence][allocation] of generations scored against each sequence's references;
+    `allocations` is one list for every sequence or one list per sequence (as `crossdecode` takes them)."""
+    ragged = bool(allocations) and not isinstance(allocations[0], Allocation)
     table: list[list[Candidate]] = []
-    for gens, refs in zip(generations, references):
-        scores = sequence_scores(metric, [g.text for g in gens], [refs] * len(gens))
-        table.append([Candidate(a, g.text, g.tokens, s) for a, g, s in zip(allocations, gens, scores)])
+    for b, (gens, refs) in enumerate(zip(generations, references)):
+        scores = sequence_scores(metric, [g.text for g in gens], [refs] * len(gens)) if gens else []
+        table.append([Candidate(a, g.text, g.tokens, s)
+                      for a, g, s in zip(allocations[b] if ragged else allocations, gens, scores)])
     return table

@@ -24,18 +24,17 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.batching import left_pad
-from skiporacle.eval.candidates import Candidate
+from skiporacle.eval.candidates import Candidate, scored
 from skiporacle.eval.crossdecode import decode_candidates, unsupported_reason
 from skiporacle.eval.decode import prefill_shared
-from skiporacle.eval.generate import eos_ids, output_text
-from skiporacle.eval.metrics import sequence_scores
+from skiporacle.eval.generate import Generation, eos_ids, output_text
 from skiporacle.eval.verify import NEAR_TIE, verify_candidates
 from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.persequence import (
@@ -127,9 +126,8 @@ def search_rows(model, tokenizer, settings, rows: list[list[int]], references: l
         stats[b]["fill_generations"] = len(allocations)
     table = []
     for b, (path, col) in enumerate(zip(paths, columns)):
-        cells = [(Allocation(col[c].layers, n, f"{plan.strategy}:{c}"), known[b][col[c].layers]) for c in plan.costs]
-        cells.append((whole, known[b][whole.layers]))
-        candidates = [Candidate(a, text, tokens, score) for a, (tokens, text, score) in cells]
+        candidates = [replace(known[b][col[c].layers], allocation=Allocation(col[c].layers, n, f"{plan.strategy}:{c}"))
+                      for c in plan.costs] + [known[b][whole.layers]]
         dropped = [next(iter(set(prev.layers) - set(j.allocation.layers)))
                    for prev, j in zip((whole,) + tuple(x.allocation for x in path.accepted), path.accepted)]
         table.append((candidates, {**stats[b], "evaluations": path.evaluations, "stop_cost": path.current.cost,
@@ -149,24 +147,20 @@ class _Batch:
     def __init__(self, model, tokenizer, settings, references, cache, prefix_mask, first, eos):
         self.model, self.tokenizer, self.settings, self.references = model, tokenizer, settings, references
         self.cache, self.prefix_mask, self.first, self.eos = cache, prefix_mask, first, eos
-        self.full: list[tuple[tuple[int, ...], str, float]] = []
+        self.full: list[Candidate] = []
 
-    def generate(self, allocations: list[list[Allocation]]) -> list[list[tuple[tuple[int, ...], str, float]]]:
-        """(tokens, text, score) per sequence and allocation, all decoded together."""
+    def generate(self, allocations: list[list[Allocation]]) -> list[list[Candidate]]:
+        """Scored outputs per sequence and allocation, all decoded together."""
         if not any(allocations):
             return [[] for _ in allocations]
         tokens = decode_candidates(self.model, allocations, self.cache, self.prefix_mask, self.first,
                                    self.settings.max_new_tokens, self.eos)
-        out = []
-        for row, refs in zip(tokens, self.references):
-            texts = [output_text(self.tokenizer, t, self.eos) for t in row]
-            scores = sequence_scores(self.settings.metric, texts, [refs] * len(texts)) if texts else []
-            out.append([(tuple(t), x, s) for t, x, s in zip(row, texts, scores)])
-        return out
+        generations = [[Generation(tuple(t), output_text(self.tokenizer, t, self.eos)) for t in row] for row in tokens]
+        return scored(generations, self.references, allocations, self.settings.metric)
 
     def judge(self, proposals: list[list[Allocation]], known: list[dict], stats: list[dict]) -> list[list[Judged]]:
         """Verdicts on every sequence's proposals; outputs learnt on the way go into `known`."""
-        targets = [list(f[0]) for f in self.full]
+        targets = [list(f.tokens) for f in self.full]
         verdicts = verify_candidates(self.model, self.cache, self.prefix_mask, self.first, targets, proposals)
         exact = self.settings.search_rule == "exact"
         judged: list[list[Judged | None]] = []
@@ -179,7 +173,7 @@ class _Batch:
                     known[b][a.layers] = self.full[b]
                     stats[b]["verified"] += 1
                     stats[b]["near_ties"] += v.min_margin < NEAR_TIE
-                row.append(Judged(a, v.agrees, (v.kl,) if exact else (-self.full[b][2], v.kl))
+                row.append(Judged(a, v.agrees, (v.kl,) if exact else (-self.full[b].score, v.kl))
                            if v.agrees or exact else None)
             closest = sorted((k for k, j in enumerate(row) if j is None), key=lambda k: verdict[k].kl)
             chosen = closest[: self.settings.search_generate]
@@ -190,9 +184,9 @@ class _Batch:
             wanted.append([props[k] for k in chosen])
             slots.append(chosen)
             judged.append(row)
-        threshold = [f[2] - self.settings.tolerance for f in self.full]
+        threshold = [f.score - self.settings.tolerance for f in self.full]
         for b, (allocations, outs) in enumerate(zip(wanted, self.generate(wanted))):
             for k, a, out in zip(slots[b], allocations, outs):
                 known[b][a.layers] = out
-                judged[b][k] = Judged(a, out[2] >= threshold[b], (-out[2], verdicts[b][k].kl))
+                judged[b][k] = Judged(a, out.score >= threshold[b], (-out.score, verdicts[b][k].kl))
         return judged
