@@ -35,7 +35,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.attention import attention_with_lse
-from skiporacle.eval.crosslanes import Lane, finish, flat_lanes, project, prompt_prefixes, ragged_lanes, rotary_function
+from skiporacle.eval.crosslanes import (Lane, finish, flat_lanes, project, prompt_prefixes, ragged_lanes, rotary_function,
+                                       with_shared_prefix)
 from skiporacle.eval.memory import kv_head_shape
 from skiporacle.eval.model import decoder_layers
 from skiporacle.search.allocation import Allocation
@@ -70,23 +71,11 @@ def _attention(lane: Lane, query: torch.Tensor, step: int, prefix_keys: torch.Te
     all padding (`prefix_empty` [B]) gets weight 0 on it.
     """
     n, H, hd = query.shape
-    B, Hkv, P, _ = prefix_keys.shape
-    G, C = H // Hkv, lane.width
-    grouped = query.view(n, Hkv, G, hd)
+    Hkv = prefix_keys.shape[1]
+    grouped = query.view(n, Hkv, H // Hkv, hd)
     own, own_lse = attention_with_lse(grouped, lane.keys[:, :, : step + 1], lane.values[:, :, : step + 1], None, scale)
-    if P == 0:
-        return own.reshape(n, H, hd)
-    dense = query.new_zeros(B * C, Hkv, G, hd)
-    dense[lane.slot] = grouped
-    dense = dense.view(B, C, Hkv, G, hd).transpose(1, 2).reshape(B, Hkv, C * G, hd)  # one prompt copy per sequence
-    shared, shared_lse = attention_with_lse(dense, prefix_keys, prefix_values, prefix_bias, scale)
-    shared = shared.view(B, Hkv, C, G, hd).transpose(1, 2).reshape(B * C, Hkv, G, hd)[lane.slot]
-    shared_lse = shared_lse.masked_fill(prefix_empty[:, None, None], float("-inf"))
-    shared_lse = shared_lse.view(B, Hkv, C, G).transpose(1, 2).reshape(B * C, Hkv, G)[lane.slot]
-    total = torch.logaddexp(shared_lse, own_lse)[..., None]
-    out = shared * torch.exp(shared_lse[..., None] - total).to(query.dtype) \
-        + own * torch.exp(own_lse[..., None] - total).to(query.dtype)
-    return out.reshape(n, H, hd)
+    return with_shared_prefix(grouped, own, own_lse, lane.slot, lane.width, prefix_keys, prefix_values, prefix_bias,
+                              prefix_empty, scale).reshape(n, H, hd)
 
 
 def _run_lane(lane: Lane, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: int,

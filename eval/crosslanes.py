@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from skiporacle.eval.attention import attention_with_lse
 from skiporacle.eval.memory import kv_head_shape
 from skiporacle.eval.model import allocation_view, decoder_layers
 from skiporacle.search.allocation import Allocation
@@ -143,3 +144,30 @@ def finish(layer, x: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
     """The layer's output from its input x [..., D] and attention output [..., H*hd]: residuals and MLP."""
     x = x + layer.self_attn.o_proj(attention)
     return x + layer.mlp(layer.post_attention_layernorm(x))
+
+
+def with_shared_prefix(grouped: torch.Tensor, own: torch.Tensor, own_lse: torch.Tensor, slot: torch.Tensor, width: int,
+                       prefix_keys: torch.Tensor, prefix_values: torch.Tensor, prefix_bias: torch.Tensor,
+                       prefix_empty: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention [n, Hkv, Q, hd] of rows' grouped queries [n, Hkv, Q, hd] over their sequence's prompt prefix
+    and their own keys, given the own part's output `own` and log-sum-exp `own_lse` [n, Hkv, Q].
+
+    The prefix keys/values [B, Hkv, P, hd] are read once per sequence: the rows'
+    queries go to their `slot` (b * width + c) of a dense [B, Hkv, width * Q, hd]
+    layout; the two parts are merged by their log-sum-exps, and a sequence whose
+    prefix is all padding (`prefix_empty` [B]) gets weight 0 on it.
+    """
+    n, Hkv, Q, hd = grouped.shape
+    B, _, P, _ = prefix_keys.shape
+    if P == 0:
+        return own
+    dense = grouped.new_zeros(B * width, Hkv, Q, hd)
+    dense[slot] = grouped
+    dense = dense.view(B, width, Hkv, Q, hd).transpose(1, 2).reshape(B, Hkv, width * Q, hd)  # one prompt copy per sequence
+    shared, shared_lse = attention_with_lse(dense, prefix_keys, prefix_values, prefix_bias, scale)
+    shared = shared.view(B, Hkv, width, Q, hd).transpose(1, 2).reshape(B * width, Hkv, Q, hd)[slot]
+    shared_lse = shared_lse.masked_fill(prefix_empty[:, None, None], float("-inf"))
+    shared_lse = shared_lse.view(B, Hkv, width, Q).transpose(1, 2).reshape(B * width, Hkv, Q)[slot]
+    total = torch.logaddexp(shared_lse, own_lse)[..., None]
+    return shared * torch.exp(shared_lse[..., None] - total).to(grouped.dtype) \
+        + own * torch.exp(own_lse[..., None] - total).to(grouped.dtype)

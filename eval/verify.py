@@ -31,7 +31,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.attention import attention_with_lse
 from skiporacle.eval.crossdecode import unsupported_reason
-from skiporacle.eval.crosslanes import finish, project, prompt_prefixes, rotary_function
+from skiporacle.eval.crosslanes import finish, project, prompt_prefixes, rotary_function, with_shared_prefix
 from skiporacle.eval.model import allocation_view, decoder_layers
 from skiporacle.search.allocation import Allocation
 
@@ -165,23 +165,12 @@ def _attention(q, k, v, slot, C, prefix_keys, prefix_values, prefix_bias, prefix
     [m, Hkv, G*T, hd] (`causal` [1, 1, G*T, T] repeats the T x T mask per g).
     """
     m, H, T, hd = q.shape
-    Bc, Hkv, P, _ = prefix_keys.shape
+    Hkv = prefix_keys.shape[1]
     GT = H // Hkv * T
     grouped = q.reshape(m, Hkv, GT, hd)
     own, own_lse = attention_with_lse(grouped, k, v, causal, scale)
-    if P == 0:
-        return own.reshape(m, H, T, hd)
-    dense = q.new_zeros(Bc * C, Hkv, GT, hd)
-    dense[slot] = grouped
-    dense = dense.view(Bc, C, Hkv, GT, hd).transpose(1, 2).reshape(Bc, Hkv, C * GT, hd)  # one prompt copy per sequence
-    shared, shared_lse = attention_with_lse(dense, prefix_keys, prefix_values, prefix_bias, scale)
-    shared = shared.view(Bc, Hkv, C, GT, hd).transpose(1, 2).reshape(Bc * C, Hkv, GT, hd)[slot]
-    shared_lse = shared_lse.masked_fill(prefix_empty[:, None, None], float("-inf"))
-    shared_lse = shared_lse.view(Bc, Hkv, C, GT).transpose(1, 2).reshape(Bc * C, Hkv, GT)[slot]
-    total = torch.logaddexp(shared_lse, own_lse)[..., None]
-    out = shared * torch.exp(shared_lse[..., None] - total).to(q.dtype) \
-        + own * torch.exp(own_lse[..., None] - total).to(q.dtype)
-    return out.reshape(m, H, T, hd)
+    return with_shared_prefix(grouped, own, own_lse, slot, C, prefix_keys, prefix_values, prefix_bias, prefix_empty,
+                              scale).reshape(m, H, T, hd)
 
 
 def _verdicts(model, hidden, sequences, full, targets) -> list[Verdict]:
