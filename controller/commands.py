@@ -121,7 +121,8 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
 def pertoken(args: argparse.Namespace) -> int:
     """`skiporacle pertoken`: the per-token oracle, a hidden-state probe and its controller with real skipping,
     against fixed skip rates at equal compute (see skiporacle.controller.pertoken)."""
-    from skiporacle.controller.pertoken import Study, parse_taus, run_pertoken
+    from skiporacle.controller.pertoken import run_pertoken
+    from skiporacle.controller.pertoken_settings import Study, parse_taus
     from skiporacle.controller.pertoken_report import summary_lines
     from skiporacle.oracle.commands import _settings, device_of
 

@@ -23,12 +23,11 @@ not counted, so the controller's cost is slightly understated.
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from skiporacle.controller.pertoken_stats import cheapest_correct, oracle_block, tau_point, verdict
+from skiporacle.controller.pertoken_settings import Study, check_rows, refuse_shared
 from skiporacle.controller.probe import fit_probe, member_accuracy
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import package_versions, write_json_atomic
@@ -49,34 +49,6 @@ LAYERSKIP = {"source": "LayerSkip (Elhoushi et al. 2024): per-token early-exit o
              "mean_layers": 23.45, "num_layers": 32, "percent_layers": 73.3}
 
 
-@dataclass(frozen=True)
-class Study:
-    """The study's own settings (the model, task and decoding ones are the oracle's `OracleSettings`)."""
-
-    train_offset: int = 100
-    train_limit: int = 150
-    importance: str = "runs/ranking.json"
-    probe_layer: int = 1
-    taus: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
-    budgets: str = "16,20,22,24,26,28,29"
-    seed: int = 0
-    resamples: int = 200
-
-
-def parse_taus(text: str) -> tuple[float, ...]:
-    """`0.5,0.9` -> (0.5, 0.9): finite, >= 0 (above 1 always decides the full model), sorted, distinct."""
-    try:
-        taus = sorted({float(t) for t in text.split(",") if t.strip()})
-    except ValueError:
-        raise BadInput(f"--taus {text!r}: expected comma-separated numbers like 0.5,0.9") from None
-    if not taus:
-        raise BadInput("--taus: none given")
-    bad = [t for t in taus if not math.isfinite(t) or t < 0]
-    if bad:
-        raise BadInput(f"--taus {text!r}: {bad[0]} is not a threshold (use numbers >= 0)")
-    return tuple(taus)
-
-
 class _Phases:
     """Wall time per phase, in seconds."""
 
@@ -88,28 +60,6 @@ class _Phases:
         start = time.perf_counter()
         yield
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
-def check_rows(settings, study: Study) -> None:
-    """Before the model loads: the ranking file exists, the training rows exist and share no input text
-    with the evaluation rows (by content hash)."""
-    from skiporacle.oracle.inputs import load_examples
-
-    if not Path(study.importance).is_file():
-        raise BadInput(f"--importance {study.importance!r} not found: run make ranking (or skiporacle rank)")
-    _, evaluated = load_examples(settings, settings.limit, settings.offset)
-    try:
-        _, training = load_examples(settings, study.train_limit, study.train_offset)
-    except BadInput as err:
-        raise BadInput(f"training rows (--train-offset {study.train_offset}): {err}") from None
-    _refuse_shared([e.source for e in evaluated], [e.source for e in training], "input text")
-
-
-def _refuse_shared(evaluated: list[str], training: list[str], what: str) -> None:
-    shared = {content_hash(t) for t in evaluated} & {content_hash(t) for t in training}
-    if shared:
-        raise BadInput(f"{len(shared)} training row(s) share their {what} with evaluation rows (by content); "
-                       "choose disjoint rows with --train-offset/--offset")
 
 
 def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> dict:
@@ -130,7 +80,7 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
     evaluated = load_inputs(replace(settings, calibration=0), model, tokenizer)
     training = load_inputs(replace(settings, offset=study.train_offset, limit=study.train_limit, calibration=0),
                            model, tokenizer)
-    _refuse_shared(evaluated.prompts, training.prompts, "prompt")
+    refuse_shared(evaluated.prompts, training.prompts, "prompt")
     n = evaluated.num_layers
     if not 0 <= study.probe_layer <= n - 2:
         raise BadInput(f"--probe-layer {study.probe_layer}: the model has {n} layers; use 0-{n - 2} "
