@@ -45,6 +45,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SKIPORACLE_CACHE", Path.home() / ".cache" / "skiporacle"))
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin")  # what from_pretrained reads weights from (shards and their index included)
+
+
 def resolve_model(name: str) -> Path:
     """Return a local HF folder for `name`: an embedded model's converted copy, or a path.
 
@@ -62,6 +65,8 @@ def resolve_model(name: str) -> Path:
         raise BadInput(f"model {name!r}: no such folder, and not an embedded model ({', '.join(EMBEDDED_MODELS)})")
     if not (path / "config.json").is_file():
         raise BadInput(f"model {name!r}: not a Hugging Face model folder (no config.json)")
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise BadInput(f"model {name!r}: a folder without weights (a config.json but no {' or '.join(WEIGHT_FILES)})")
     return path
 
 

@@ -14,6 +14,7 @@ from skiporacle.eval.device import default_dtype, resolve_device
 from skiporacle.oracle.candidates import parse_spaces
 from skiporacle.oracle.inputs import load_examples, load_inputs, load_named_model
 from skiporacle.oracle.run import run_oracle
+from skiporacle.oracle.workers import check_scheduler
 from skiporacle.oracle.settings import DEFAULTS, OracleSettings
 from skiporacle.search.spaces import parse_budgets
 
@@ -33,6 +34,8 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
                              ("--threads", getattr(args, "threads", None), 1)):
         if value is not None and value < low:
             raise BadInput(f"{name} must be at least {low}, got {value}")
+    if getattr(args, "tolerance", 0.0) < 0:
+        raise BadInput(f"--tolerance must be at least 0 (score points below the full model's), got {args.tolerance:g}")
     if args.data and not (args.input_field and args.reference_field):
         raise BadInput("--data needs --input-field and --reference-field")
     check_prompt_options(getattr(args, "instruction", None), getattr(args, "template", None))
@@ -49,8 +52,12 @@ def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: t
         **{k: getattr(args, k) for k in ("search_rule", "search_generate", "search_width", "search_evaluations")
            if hasattr(args, k)},
     )
+    task, examples = load_examples(settings, settings.limit, settings.offset)  # the data checked before the model loads
+    if len(examples) < settings.limit:
+        source = settings.data_file or settings.task
+        print(f"skiporacle: --limit {settings.limit}: {source} has {len(examples)} row(s) from --offset "
+              f"{settings.offset}; running those {len(examples)}")
     if not settings.metric or not settings.max_new_tokens:  # the task's defaults
-        task, _ = load_examples(settings, 1, 0)
         settings = _replace(settings, metric=settings.metric or task.metric,
                             max_new_tokens=settings.max_new_tokens or task.max_new_tokens)
     from skiporacle.eval.metrics import METRICS
@@ -70,8 +77,10 @@ def generate(args: argparse.Namespace) -> int:
     """Greedy outputs under one allocation, each with its score, then the mean."""
     from skiporacle.eval.generate import generate as run_generate
     from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
-    from skiporacle.search.allocation import parse_spec
+    from skiporacle.search.allocation import check_spec, parse_spec
 
+    if not args.controller:
+        check_spec(args.layers)
     device = device_of(args)
     settings = _settings(args, device=device)
     model, tokenizer = load_named_model(settings.model, settings.dtype, device)
@@ -106,11 +115,11 @@ def generate(args: argparse.Namespace) -> int:
 def oracle(args: argparse.Namespace) -> int:
     """Run or resume the oracle search into --out."""
     spaces = tuple(parse_spaces(args.space))
-    budgets = tuple(parse_budgets(args.budgets, 10**6))
-    if args.scheduler and not args.scheduler.startswith("tcp://"):
-        raise BadInput(f"--scheduler {args.scheduler!r}: expected tcp://HOST:PORT")
+    budgets = tuple(parse_budgets(args.budgets))
     device = device_of(args)
     settings = _settings(args, spaces, budgets, device)
+    if args.scheduler:
+        check_scheduler(args.scheduler)
     out = Path(args.out)
     summary = run_oracle(settings, out, resume=args.resume, workers=args.workers, scheduler=args.scheduler,
                          threads=args.threads, device=device)

@@ -30,7 +30,7 @@ from skiporacle.oracle.schema import make_record
 from skiporacle.oracle.settings import OracleSettings, fingerprint
 from skiporacle.oracle.summary import resummarize, summarize
 from skiporacle.oracle.search import check_search, search_plan, search_strategy
-from skiporacle.oracle.workers import run_calls, score_in_worker, scorer
+from skiporacle.oracle.workers import run_calls, score_in_worker, scorer, usable_workers
 
 
 def run_oracle(
@@ -69,6 +69,8 @@ def run_oracle(
     if not todo and (out / SUMMARY).exists():  # a finished run resumed: nothing to score, keep its timings
         return {**resummarize(out), "resumed_sequences": len(done)}
     resumed = len(done)
+    if workers > 1:
+        workers = usable_workers(workers, len(todo), scheduler)
     bar = tqdm(total=len(inputs.ids), initial=resumed, unit="seq", desc="oracle", disable=not progress)
     in_process = workers <= 1 and scheduler is None
     saved_threads = torch.get_num_threads()

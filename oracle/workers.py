@@ -9,6 +9,8 @@ passes its own model explicitly.
 
 from __future__ import annotations
 
+import os
+import socket
 from contextlib import nullcontext
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -16,6 +18,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from skiporacle.data.errors import BadInput
 from skiporacle.eval.batching import split_on_oom
 from skiporacle.eval.candidates import Candidate, score_batch
 from skiporacle.eval.device import claim_slot, worker_device
@@ -50,6 +53,34 @@ def run_calls(fn: Callable[..., T], calls: list[tuple], workers: int, scheduler:
             yield fn(*call)
         return
     yield from in_plan_order(_unordered(fn, calls, workers, scheduler))
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """BadInput (one line) unless `address` is tcp://HOST:PORT, distributed is installed and something accepts a
+    TCP connection there within `timeout` seconds: found before the model loads, not after minutes of work."""
+    host, sep, port = address.removeprefix("tcp://").rpartition(":")
+    if not address.startswith("tcp://") or not sep or not host or not port.isdigit():
+        raise BadInput(f"--scheduler {address!r}: expected tcp://HOST:PORT")
+    try:
+        import distributed  # noqa: F401 - optional: only a --scheduler run needs it
+    except ImportError:
+        raise BadInput("--scheduler needs Dask: pip install -e '.[dask]'") from None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise BadInput(f"--scheduler {address}: no Dask scheduler answers there ({reason})") from None
+
+
+def usable_workers(workers: int, batches: int, scheduler: str | None) -> int:
+    """The worker processes worth starting: no more than there are batches to score, nor (without a scheduler,
+    whose cluster has its own) this machine's cores; a one-line note says when --workers is cut."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    usable = max(1, min(workers, batches, workers if scheduler else cores))
+    if usable < workers:
+        limits = [f"{batches} batch{'es' if batches != 1 else ''} to score"] + ([] if scheduler else [f"{cores} cores"])
+        print(f"skiporacle: --workers {workers} cut to {usable} ({', '.join(limits)})")
+    return usable
 
 
 def _unordered(fn, calls, workers, scheduler) -> Iterator[tuple[int, object]]:

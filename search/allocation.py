@@ -78,17 +78,42 @@ def parse_spec(spec: str, num_layers: int) -> Allocation:
 
     Accepted forms: `all`, `uniform:N` (N layers kept), `exit:L` (layers 0..L-1),
     or a comma-separated list of indices and inclusive ranges, e.g. `0-10,12,15-29`.
-    Raises BadInput with a one-line reason for anything else.
+    Raises BadInput with a one-line reason for anything else, a layer named twice included.
     """
     text = spec.strip()
     if text == "all":
         return full(num_layers)
     kind, sep, arg = text.partition(":")
     if sep:
-        if kind not in ("uniform", "exit"):
-            raise BadInput(f"layer spec {spec!r}: unknown kind {kind!r} (use all, uniform:N, exit:L or a list like 0-10,12)")
-        count = _parse_int(arg, spec)
+        count = _counted(kind, arg, spec)
         return uniform(count, num_layers) if kind == "uniform" else early_exit(count, num_layers)
+    layers = _listed(text, spec)
+    out_of_range = [i for i in layers if i >= num_layers]
+    if out_of_range:
+        raise BadInput(f"layer spec {spec!r}: layer {out_of_range[0]} out of range (the model has layers 0-{num_layers - 1})")
+    return Allocation(layers, num_layers, text)
+
+
+def check_spec(spec: str) -> None:
+    """BadInput for a spec that no model accepts (its syntax, a repeat, a budget under 1), before a model is loaded;
+    the layer range is checked by `parse_spec` once the model's depth is known."""
+    text = spec.strip()
+    kind, sep, arg = text.partition(":")
+    if text != "all" and sep:
+        check_budget(_counted(kind, arg, spec))
+    elif text != "all":
+        _listed(text, spec)
+
+
+def _counted(kind: str, arg: str, spec: str) -> int:
+    """N of `uniform:N` or `exit:N`."""
+    if kind not in ("uniform", "exit"):
+        raise BadInput(f"layer spec {spec!r}: unknown kind {kind!r} (use all, uniform:N, exit:L or a list like 0-10,12)")
+    return _parse_int(arg, spec)
+
+
+def _listed(text: str, spec: str) -> tuple[int, ...]:
+    """The sorted layers of a list like `0-10,12`; a layer named twice (`0,0,1`, `0-3,2`) is refused."""
     layers: set[int] = set()
     for part in text.split(","):
         lo, dash, hi = part.strip().partition("-")
@@ -96,11 +121,11 @@ def parse_spec(spec: str, num_layers: int) -> Allocation:
         last = _parse_int(hi, spec) if dash else first
         if last < first:
             raise BadInput(f"layer spec {spec!r}: range {part.strip()!r} is reversed")
+        repeated = sorted(layers.intersection(range(first, last + 1)))
+        if repeated:
+            raise BadInput(f"layer spec {spec!r}: layer {repeated[0]} is named twice")
         layers.update(range(first, last + 1))
-    out_of_range = sorted(i for i in layers if i >= num_layers)
-    if out_of_range:
-        raise BadInput(f"layer spec {spec!r}: layer {out_of_range[0]} out of range (the model has layers 0-{num_layers - 1})")
-    return Allocation(tuple(sorted(layers)), num_layers, text)
+    return tuple(sorted(layers))
 
 
 def _parse_int(text: str, spec: str) -> int:
@@ -110,7 +135,10 @@ def _parse_int(text: str, spec: str) -> int:
     return int(digits)
 
 
-def check_budget(keep: int, num_layers: int) -> None:
-    """BadInput unless 1 <= keep <= num_layers: the one range check of a layer budget."""
-    if not 1 <= keep <= num_layers:
+def check_budget(keep: int, num_layers: int | None = None) -> None:
+    """BadInput unless 1 <= keep <= num_layers: the one range check of a layer budget (without `num_layers`,
+    before the model is known, only 1 <= keep)."""
+    if keep < 1 and num_layers is None:
+        raise BadInput(f"budget {keep} out of range: a budget is the number of layers kept, at least 1")
+    if num_layers is not None and not 1 <= keep <= num_layers:
         raise BadInput(f"budget {keep} out of range: the model has {num_layers} layers (use 1-{num_layers})")

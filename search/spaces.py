@@ -77,8 +77,9 @@ def file_space(path: str | Path, num_layers: int) -> list[Allocation]:
     return out
 
 
-def parse_budgets(text: str, num_layers: int) -> list[int]:
-    """`4,8,12` -> [4, 8, 12]; every budget must lie in 1..num_layers."""
+def parse_budgets(text: str, num_layers: int | None = None) -> list[int]:
+    """`4,8,12` -> [4, 8, 12]; every budget must lie in 1..num_layers (without `num_layers`, before the model is
+    known, only be at least 1)."""
     try:
         budgets = sorted({int(b) for b in text.split(",") if b.strip()})
     except ValueError:

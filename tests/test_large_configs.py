@@ -83,12 +83,14 @@ def test_kv_bytes_per_token_at_real_size():
 
 
 def _huge_folder(tmp_path):
-    """A folder whose config.json claims a Llama of about 70 B parameters (and holds nothing else)."""
+    """A folder whose config.json claims a Llama of about 70 B parameters, with an empty stand-in for its weights
+    (the memory check refuses it before anything reads them)."""
     folder = tmp_path / "huge"
     folder.mkdir()
     values = dict(LARGE_CONFIGS["llama-3.2-1b"], hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
                   num_attention_heads=64, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False)
     (folder / "config.json").write_text(json.dumps(values), encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"")
     return folder
 
 

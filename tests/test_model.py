@@ -288,5 +288,8 @@ def test_load_model_from_folder(tmp_path, ref):
 
 def test_load_model_rejects_broken_folder(tmp_path):
     (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(BadInput, match="a folder without weights"):
+        load_model(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(BadInput, match="cannot load"):
         load_model(str(tmp_path))
