@@ -32,8 +32,9 @@ SEARCH        ?= greedy
 SEARCH_RULE   ?= score
 SEARCH_OUT    ?= $(OUT)-$(SEARCH)-$(SEARCH_RULE)
 SEARCH_ARGS   ?=
+GPU_CHECK_OUT ?= runs/gpu-check.json
 
-.PHONY: setup ranking labels controller pertoken heal oracle search compare perplexity dump curves report test bench clean
+.PHONY: setup browser gpu-check ranking labels controller pertoken heal oracle search compare perplexity dump curves report test bench clean
 
 setup: $(STAMP)
 
@@ -96,8 +97,21 @@ curves: setup  ## curves.csv, curves.png and similarity.png of the run in OUT
 report: setup  ## RUN/report.html of the run in OUT: one self-contained page (figures, plots, every output)
 	$(BIN)/skiporacle report --run $(OUT)
 
-test: setup
+# The report's page tests open it in headless Chromium.  As root (CI, a fresh container) Debian's package is
+# installed here; otherwise the line below says how, and those tests skip (under CI=true they fail instead).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "skiporacle: installing Debian's chromium for the report tests (apt-get install chromium)"; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+				|| echo "skiporacle: chromium could not be installed; the report's browser tests will skip"; \
+		else echo "skiporacle: no chromium; the report's browser tests will skip (install it: sudo apt-get install chromium)"; fi; }
+
+test: setup browser
 	$(BIN)/python -m pytest
+
+gpu-check: setup  ## on a GPU: its tests, a short benchmark and the batch plan vs its memory, into GPU_CHECK_OUT (no GPU: one line)
+	$(BIN)/python bench/gpu_check.py --out $(GPU_CHECK_OUT)
 
 bench: setup
 	$(BIN)/python bench/decode_speed.py --device $(DEVICE)
