@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from skiporacle.data.errors import BadInput
+from skiporacle.data.errors import BadInput, RunStopped
 from skiporacle.data.tasks import max_new_tokens_defaults
 from skiporacle.heal.settings import DEFAULTS as HEAL
 from skiporacle.oracle.candidates import spaces_help
@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as err:
         print(f"skiporacle: error: {err}", file=sys.stderr)
         return 2
+    except RunStopped as err:
+        print(f"skiporacle: stopped: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("skiporacle: interrupted", file=sys.stderr)
         return 130

@@ -69,13 +69,13 @@ def run_oracle(
     if not todo and (out / SUMMARY).exists():  # a finished run resumed: nothing to score, keep its timings
         return {**resummarize(out), "resumed_sequences": len(done)}
     resumed = len(done)
-    if workers > 1:
+    saved_threads = torch.get_num_threads()
+    if threads is None:  # all of this process's threads, or the cores shared among the workers asked for
+        threads = saved_threads if workers <= 1 and scheduler is None else max(1, (os.cpu_count() or 1) // workers)
+    if workers > 1:  # after the threads: a resumed run with fewer batches left scores them with the same count
         workers = usable_workers(workers, len(todo), scheduler)
     bar = tqdm(total=len(inputs.ids), initial=resumed, unit="seq", desc="oracle", disable=not progress)
     in_process = workers <= 1 and scheduler is None
-    saved_threads = torch.get_num_threads()
-    if threads is None:  # all of this process's threads, or the cores shared among the workers
-        threads = saved_threads if in_process else max(1, (os.cpu_count() or 1) // max(workers, 1))
     scored = inputs.scored_references()
     calls = [(settings, [rows[i] for i in batch], [scored[i] for i in batch], work, threads,
               progress and in_process) for batch in todo]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from contextlib import nullcontext
 from functools import lru_cache
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -18,7 +19,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from skiporacle.data.errors import BadInput
+from skiporacle.data.errors import BadInput, RunStopped
 from skiporacle.eval.batching import split_on_oom
 from skiporacle.eval.candidates import Candidate, score_batch
 from skiporacle.eval.device import claim_slot, worker_device
@@ -83,18 +84,55 @@ def usable_workers(workers: int, batches: int, scheduler: str | None) -> int:
     return usable
 
 
+WORKER_RESTARTS = 2  # how often the batches of a worker that died run again on new workers before the run stops
+
+
 def _unordered(fn, calls, workers, scheduler) -> Iterator[tuple[int, object]]:
-    """(n, fn(*calls[n])) pairs in the order the workers finish them."""
+    """(n, fn(*calls[n])) pairs in the order the workers finish them, each n once.
+
+    A worker process that dies (killed, out of memory) takes its batch with it: the batches not yet finished
+    run again on new workers, up to WORKER_RESTARTS times; then RunStopped.  A Dask cluster reschedules a
+    lost worker's tasks itself, so there only a task that killed too many workers, or a lost scheduler, stops.
+    """
     from joblib import Parallel, delayed, parallel_config
 
-    if scheduler:
-        from distributed import Client  # joblib's dask backend runs on the current client
+    lost = _lost_worker_errors(scheduler)
+    left = dict(enumerate(calls))
+    for attempt in range(WORKER_RESTARTS + 1):
+        try:
+            client = _client(scheduler) if scheduler else nullcontext()
+            with client, parallel_config(backend="dask" if scheduler else "loky", n_jobs=workers):
+                for n, value in Parallel(return_as="generator_unordered")(
+                        delayed(_indexed)(n, fn, *call) for n, call in list(left.items())):
+                    del left[n]
+                    yield n, value
+            return
+        except lost as err:
+            lines = [line for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+            reason = next((line for line in lines if "exit code" in line), lines[0]).strip()
+            if attempt == WORKER_RESTARTS or scheduler:
+                raise RunStopped(f"workers lost ({reason}); {len(left)} batch(es) not scored: run the same command "
+                                 "with --resume to finish them") from None
+            print(f"skiporacle: a worker process died ({reason}); {len(left)} unfinished batch(es) run again on "
+                  "new workers", file=sys.stderr)
 
-    client = Client(scheduler) if scheduler else nullcontext()
-    with client, parallel_config(backend="dask" if scheduler else "loky", n_jobs=workers):
-        yield from Parallel(return_as="generator_unordered")(
-            delayed(_indexed)(n, fn, *call) for n, call in enumerate(calls)
-        )
+
+def _lost_worker_errors(scheduler: str | None) -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a worker (or the cluster) was lost, not that the work itself failed."""
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    if not scheduler:
+        return (TerminatedWorkerError,)
+    from distributed import KilledWorker
+    from distributed.comm.core import CommClosedError
+
+    return (TerminatedWorkerError, KilledWorker, CommClosedError)
+
+
+def _client(scheduler: str):
+    from distributed import Client  # joblib's dask backend runs on the current client
+
+    return Client(scheduler)
 
 
 def _indexed(n, fn, *args):
