@@ -4,11 +4,14 @@ GSM8K answers and per-task token budgets, and the prompt of a user's own data.""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
+from transformers import AutoConfig
 
 from conftest import ORACLE_MAX_NEW, ORACLE_TEXTS, one_thread
+from rounding import assert_rounding_close, max_difference, model_tolerance
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.generate import eos_ids, generate, generate_candidates
 from skiporacle.eval.model import num_layers
@@ -209,8 +212,11 @@ def test_generate_and_perplexity_commands_take_the_protocol(tiny_llm_dir, oracle
         capsys.readouterr()
         table = json.loads((out / "perplexity.json").read_text())["candidates"]
         perplexities[protocol] = {row["spec"]: row["perplexity"] for row in table}
-    assert perplexities["full"]["all"] == pytest.approx(perplexities["allocation"]["all"], rel=1e-5)
-    assert perplexities["full"]["uniform:2"] != pytest.approx(perplexities["allocation"]["uniform:2"], rel=1e-5)
+    # A perplexity's relative error is that of its mean NLL, which is at most the logits' rounding tolerance.
+    tolerance = model_tolerance(AutoConfig.from_pretrained(tiny_llm_dir))
+    assert_rounding_close(math.log(perplexities["full"]["all"]), math.log(perplexities["allocation"]["all"]), tolerance)
+    assert max_difference(math.log(perplexities["full"]["uniform:2"]),
+                          math.log(perplexities["allocation"]["uniform:2"])) > 10 * tolerance
 
 
 # --- item 10: record order and threads -------------------------------------------------------------
@@ -281,7 +287,7 @@ def test_out_of_order_batches_are_written_in_plan_order_and_a_crash_loses_nothin
     monkeypatch.setattr(workers, "_unordered", finishing(lambda n: range(n), crashed))
     with one_thread():
         run_oracle(settings, crashed, resume=True, workers=2, progress=False, threads=1)
-    assert arrivals == [(0, 6)]  # only the batch not written is scored again
+    assert arrivals == []  # one batch left: the workers are cut to one, so it is scored in this process
     assert (crashed / "allocations.jsonl").read_bytes() == expected
 
 
