@@ -79,7 +79,9 @@ def test_parse_spec_exit_and_lists():
     assert a.layers == tuple(range(11)) + (12,) + tuple(range(15, 30))
     assert a.spec == "0-10,12,15-29" and a.cost == 27 and a.num_layers == 30
     assert parse_spec("3", 30).layers == (3,)
-    assert parse_spec("5, 1-2 ,2", 30).layers == (1, 2, 5)  # unordered, overlapping, spaced
+    assert parse_spec("5, 1-2 ,3", 30).layers == (1, 2, 3, 5)  # unordered, spaced
+    with pytest.raises(BadInput, match="layer 2 is named twice"):  # overlapping: refused, not silently merged
+        parse_spec("5, 1-2 ,2", 30)
     assert parse_spec("29", 30).layers == (29,)
 
 
