@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import time
+from functools import lru_cache, partial
 from pathlib import Path
 
+from skiporacle.cli.run_settings import device_of, settings_from_args
+from skiporacle.controller.deploy import generate_with_controller
+from skiporacle.controller.evaluate import EvalSettings
+from skiporacle.controller.pertoken import run_pertoken
+from skiporacle.controller.pertoken_report import summary_lines
+from skiporacle.controller.pertoken_settings import parse_taus, Study
+from skiporacle.controller.run import load_controller, run_controller
 from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import content_hash
+from skiporacle.eval.generate import generate as run_generate
+from skiporacle.eval.metrics import sequence_scores
+from skiporacle.oracle.candidates import pinned_allocations
+from skiporacle.oracle.inputs import load_named_model
+from skiporacle.search.allocation import full
 
 
 def controller(args: argparse.Namespace) -> int:
     """Evaluate a controller on a run (k-fold, or trained on --train), save it, write controller.json/.png."""
-    from skiporacle.controller.evaluate import EvalSettings
-    from skiporacle.controller.run import run_controller
-    from functools import lru_cache, partial
-
-    from skiporacle.oracle.commands import device_of
-    from skiporacle.oracle.inputs import load_named_model
-
     if args.folds < 2:
         raise BadInput(f"--folds must be at least 2, got {args.folds}")
     if args.resamples < 1:
         raise BadInput(f"--resamples must be at least 1, got {args.resamples}")
+    if args.tolerance < 0:
+        raise BadInput(f"--tolerance must be at least 0 (score points below the full model's), got {args.tolerance:g}")
     run = Path(args.run)
     out = Path(args.out) if args.out else run / ("controller" if not args.train else f"controller-from-{Path(args.train).name}")
     settings = EvalSettings(tolerance=args.tolerance, folds=args.folds, seed=args.seed, resamples=args.resamples)
@@ -66,14 +75,6 @@ def _span(span, scale: float = 1.0) -> str:
 def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
     """`generate --controller DIR`: decide per sequence at prefill, generate with real skipping, and time it
     against the full model on the same sequences in this process."""
-    import time
-
-    from skiporacle.controller.deploy import generate_with_controller
-    from skiporacle.controller.run import load_controller
-    from skiporacle.eval.generate import generate as run_generate
-    from skiporacle.eval.metrics import sequence_scores
-    from skiporacle.oracle.candidates import pinned_allocations
-    from skiporacle.search.allocation import full
 
     stored, fitted = load_controller(Path(args.controller))
     if stored["num_layers"] != inputs.num_layers:
@@ -121,11 +122,6 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
 def pertoken(args: argparse.Namespace) -> int:
     """`skiporacle pertoken`: the per-token oracle, a hidden-state probe and its controller with real skipping,
     against fixed skip rates at equal compute (see skiporacle.controller.pertoken)."""
-    from skiporacle.controller.pertoken import run_pertoken
-    from skiporacle.controller.pertoken_settings import Study, parse_taus
-    from skiporacle.controller.pertoken_report import summary_lines
-    from skiporacle.oracle.commands import _settings, device_of
-
     for name, value, low in (("--train-offset", args.train_offset, 0), ("--train-limit", args.train_limit, 1),
                              ("--probe-layer", args.probe_layer, 0), ("--resamples", args.resamples, 1)):
         if value < low:
@@ -134,7 +130,7 @@ def pertoken(args: argparse.Namespace) -> int:
                   probe_layer=args.probe_layer, taus=parse_taus(args.taus), budgets=args.budgets, seed=args.seed,
                   resamples=args.resamples)
     device = device_of(args)
-    settings = _settings(args, device=device)
+    settings = settings_from_args(args, device=device)
     name = Path(args.data).stem if args.data else args.task.replace(":", "-")
     out = Path(args.out or f"runs/pertoken-{name}")
     result = run_pertoken(settings, study, out, device)

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from skiporacle.oracle.cli import _add_data_args, _add_device, _add_model_args
-from skiporacle.oracle.stats import RESAMPLES
+from skiporacle.cli.arguments import add_data_args, add_device, add_model_args
+from skiporacle.oracle.bootstrap import RESAMPLES
 
 
 def add_controller_parsers(sub) -> None:
@@ -25,7 +25,7 @@ def add_controller_parsers(sub) -> None:
     con.add_argument("--seed", type=int, default=0, help="seed of the fold assignment and the bootstrap (default: 0)")
     con.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples over sequences (default: {RESAMPLES})")
     con.add_argument("--out", help="output folder (default: RUN/controller, or RUN/controller-from-TRAIN with --train)")
-    _add_device(con)
+    add_device(con)
     _add_pertoken(sub)
 
 
@@ -43,8 +43,8 @@ def _add_pertoken(sub) -> None:
             "token's member, generated with real skipping at each --taus; and the fixed rates importance:B for "
             "--budgets. Writes OUT/pertoken.json and OUT/pertoken.png, with 95 % bootstrap intervals over sequences, "
             "paired where two figures share them."))
-    _add_data_args(per)
-    _add_model_args(per, "model and decoding (the full model reads the prompt but its last token)",
+    add_data_args(per)
+    add_model_args(per, "model and decoding (the full model reads the prompt but its last token)",
                     prompt_under_allocation=False)
     g = per.add_argument_group("study")
     g.add_argument("--train-offset", type=int, default=100,

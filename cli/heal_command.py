@@ -18,7 +18,7 @@ from skiporacle.search.allocation import parse_spec
 from skiporacle.search.spaces import importance_space, parse_budgets
 
 
-def heal_command(args: argparse.Namespace) -> int:
+def heal(args: argparse.Namespace) -> int:
     """Distil one allocation into a healed variant folder (resumable)."""
     for name, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 2),
                              ("--examples", args.examples, 1), ("--holdout", args.holdout, 1), ("--lora", args.lora, 0),

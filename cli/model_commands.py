@@ -1,4 +1,4 @@
-"""The subcommands that run the model on a task's rows: generate, oracle, rank (and heal, controller by delegation).
+"""The subcommands that run the model on a task's rows: generate, oracle, rank.
 
 Each takes parsed arguments and returns an exit code; `run_commands.py` holds those that read a finished run."""
 
@@ -8,85 +8,29 @@ import argparse
 import time
 from pathlib import Path
 
-from skiporacle.data.errors import BadInput
-from skiporacle.data.tasks import check_prompt_options
-from skiporacle.eval.device import default_dtype, resolve_device
+from skiporacle.cli.controller_commands import deploy
+from skiporacle.cli.run_settings import device_of, replace_settings, settings_from_args
+from skiporacle.eval.generate import generate as run_generate
+from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
+from skiporacle.eval.ranking import cached_drop_order
 from skiporacle.oracle.candidates import parse_spaces
-from skiporacle.oracle.inputs import load_examples, load_inputs, load_named_model
+from skiporacle.oracle.inputs import load_inputs, load_named_model
+from skiporacle.oracle.records import check_writable
 from skiporacle.oracle.run import run_oracle
 from skiporacle.oracle.workers import check_scheduler
-from skiporacle.oracle.settings import DEFAULTS, OracleSettings
+from skiporacle.search.allocation import check_spec, parse_spec
 from skiporacle.search.spaces import parse_budgets
-
-
-def device_of(args: argparse.Namespace) -> str:
-    """The device named by --device (default auto), checked: BadInput for one not usable here."""
-    return str(resolve_device(getattr(args, "device", None)))
-
-
-def _settings(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: tuple[int, ...] = (),
-              device: str | None = None) -> OracleSettings:
-    """The run's settings from the arguments; --dtype defaults to the device's (float32 on the CPU)."""
-    for name, value, low in (("--limit", args.limit, 1), ("--offset", args.offset, 0),
-                             ("--max-new-tokens", args.max_new_tokens, 1),
-                             ("--calibration", getattr(args, "calibration", 0), 0),
-                             ("--workers", getattr(args, "workers", 1), 1), ("--batch-size", args.batch_size, 0),
-                             ("--threads", getattr(args, "threads", None), 1)):
-        if value is not None and value < low:
-            raise BadInput(f"{name} must be at least {low}, got {value}")
-    if getattr(args, "tolerance", 0.0) < 0:
-        raise BadInput(f"--tolerance must be at least 0 (score points below the full model's), got {args.tolerance:g}")
-    if args.data and not (args.input_field and args.reference_field):
-        raise BadInput("--data needs --input-field and --reference-field")
-    check_prompt_options(getattr(args, "instruction", None), getattr(args, "template", None))
-    settings = OracleSettings(
-        model=args.model, task=args.task if not args.data else "file", data_file=args.data,
-        input_field=args.input_field, reference_field=args.reference_field, id_field=args.id_field,
-        limit=args.limit, offset=args.offset, spaces=spaces, budgets=budgets, metric=args.metric or "",
-        max_new_tokens=args.max_new_tokens or 0, dtype=args.dtype or default_dtype(device or device_of(args)), seed=getattr(args, "seed", 0),
-        tolerance=getattr(args, "tolerance", 0.0), calibration=getattr(args, "calibration", 0),
-        prompt_under_allocation=args.prompt_under_allocation, batch_size=args.batch_size,
-        importance_file=getattr(args, "importance", None), first_token=getattr(args, "first_token", "allocation"),
-        instruction=getattr(args, "instruction", None), template=getattr(args, "template", None),
-        decoder=getattr(args, "decoder", DEFAULTS.decoder),
-        **{k: getattr(args, k) for k in ("search_rule", "search_generate", "search_width", "search_evaluations")
-           if hasattr(args, k)},
-    )
-    task, examples = load_examples(settings, settings.limit, settings.offset)  # the data checked before the model loads
-    if len(examples) < settings.limit:
-        source = settings.data_file or settings.task
-        print(f"skiporacle: --limit {settings.limit}: {source} has {len(examples)} row(s) from --offset "
-              f"{settings.offset}; running those {len(examples)}")
-    if not settings.metric or not settings.max_new_tokens:  # the task's defaults
-        settings = _replace(settings, metric=settings.metric or task.metric,
-                            max_new_tokens=settings.max_new_tokens or task.max_new_tokens)
-    from skiporacle.eval.metrics import METRICS
-
-    if settings.metric not in METRICS:
-        raise BadInput(f"unknown metric {settings.metric!r}; choose from {', '.join(METRICS)}")
-    return settings
-
-
-def _replace(settings: OracleSettings, **changes) -> OracleSettings:
-    from dataclasses import replace
-
-    return replace(settings, **changes)
 
 
 def generate(args: argparse.Namespace) -> int:
     """Greedy outputs under one allocation, each with its score, then the mean."""
-    from skiporacle.eval.generate import generate as run_generate
-    from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
-    from skiporacle.search.allocation import check_spec, parse_spec
-
     if not args.controller:
         check_spec(args.layers)
     device = device_of(args)
-    settings = _settings(args, device=device)
+    settings = settings_from_args(args, device=device)
     model, tokenizer = load_named_model(settings.model, settings.dtype, device)
     inputs = load_inputs(settings, model, tokenizer)
     if args.controller:
-        from skiporacle.controller.commands import deploy
 
         return deploy(args, settings, inputs, model, tokenizer)
     allocation = parse_spec(args.layers, inputs.num_layers)
@@ -117,7 +61,7 @@ def oracle(args: argparse.Namespace) -> int:
     spaces = tuple(parse_spaces(args.space))
     budgets = tuple(parse_budgets(args.budgets))
     device = device_of(args)
-    settings = _settings(args, spaces, budgets, device)
+    settings = settings_from_args(args, spaces, budgets, device)
     if args.scheduler:
         check_scheduler(args.scheduler)
     out = Path(args.out)
@@ -154,22 +98,12 @@ def _ci(interval, unit: str) -> str:
     return f" (95 % CI {interval[0]:.1f}-{interval[1]:.1f}{unit})" if interval else ""
 
 
-def controller(args: argparse.Namespace) -> int:
-    """Train and evaluate a controller on an oracle run (see skiporacle.controller)."""
-    from skiporacle.controller.commands import controller as run_controller
-
-    return run_controller(args)
-
-
 def rank(args: argparse.Namespace) -> int:
     """Rank the layers by importance on fixed rows; write the ranking for `oracle --importance`."""
-    from skiporacle.eval.ranking import cached_drop_order
-    from skiporacle.oracle.records import check_writable
-
     device = device_of(args)
-    settings = _settings(args, device=device)
+    settings = settings_from_args(args, device=device)
     model, tokenizer = load_named_model(settings.model, settings.dtype, device)
-    inputs = load_inputs(_replace(settings, calibration=0), model, tokenizer)
+    inputs = load_inputs(replace_settings(settings, calibration=0), model, tokenizer)
     target = Path(args.out)
     check_writable(target.parent)
     target.unlink(missing_ok=True)  # measure afresh: the rows may be the same ids of another model or prompt
@@ -177,10 +111,3 @@ def rank(args: argparse.Namespace) -> int:
                               settings.max_new_tokens, progress=True)
     print(f"skiporacle: drop order (least damaging first) {','.join(map(str, order))}; wrote {target}")
     return 0
-
-
-def heal(args: argparse.Namespace) -> int:
-    """Distil one allocation into a healed variant folder (see skiporacle.heal.command)."""
-    from skiporacle.heal.command import heal_command
-
-    return heal_command(args)

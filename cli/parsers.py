@@ -1,103 +1,31 @@
-"""The `skiporacle` command: generate, heal, oracle, rank, plausibility, perplexity, dump, curves, report, compare
-(and controller, pertoken: `controller/cli.py`).
-
-Bad input of any kind ends with one line on stderr and exit code 2.  Every command that runs a model takes
-`--device auto|cpu|cuda[:N]` (see skiporacle.eval.device).
-"""
+"""The `skiporacle` parser: generate, heal, oracle, rank, plausibility, perplexity, dump, curves, report, compare
+(controller and pertoken: `controller_parsers.py`).  Which function runs each command: `main.COMMANDS`."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-from skiporacle.data.errors import BadInput, RunStopped
-from skiporacle.data.tasks import max_new_tokens_defaults
+from skiporacle.cli.arguments import Parser, add_data_args, add_decoding_args, add_device, add_model_args
+from skiporacle.cli.controller_parsers import add_controller_parsers
 from skiporacle.heal.settings import DEFAULTS as HEAL
 from skiporacle.oracle.candidates import spaces_help
 from skiporacle.oracle.settings import DEFAULTS
-from skiporacle.oracle.stats import RESAMPLES
+from skiporacle.oracle.bootstrap import RESAMPLES
 
 DEFAULT_BUDGETS = ",".join(map(str, DEFAULTS.budgets))
 DEFAULT_SPACES = ",".join(DEFAULTS.spaces)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse would print the usage too)
-        self.exit(2, f"skiporacle: error: {message} (see --help)\n")
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--task", default=DEFAULTS.task,
-                   help=f"registered task: xsum, cnndm, samsum, alpaca, self-instruct, gsm8k, wmt22:SRC-TGT (default: {DEFAULTS.task})")
-    g.add_argument("--data", metavar="FILE", help="a local JSONL/JSON/CSV/Parquet file or saved `datasets` folder instead of --task")
-    g.add_argument("--input-field", help="with --data: the field holding the input text")
-    g.add_argument("--reference-field", help="with --data: the field holding the reference text(s)")
-    g.add_argument("--id-field", help="with --data: the field holding a unique id (default: row number)")
-    g.add_argument("--limit", type=int, default=DEFAULTS.limit, help=f"number of sequences (default: {DEFAULTS.limit})")
-    g.add_argument("--offset", type=int, default=DEFAULTS.offset, help=f"skip this many sequences first (default: {DEFAULTS.offset})")
-    g.add_argument("--instruction", metavar="TEXT",
-                   help=("chat models: the instruction put before each input, instead of the task's "
-                         "(with --data: 'Respond to the following input.')"))
-    g.add_argument("--template", metavar="TEXT",
-                   help=("base models: the whole prompt, with {input} standing for the input text, instead of "
-                         "'### Input: {input}\\n\\n### Output:' (or the task's labels); no other text is interpreted"))
-
-
-def _add_device(p) -> None:
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:N]",
-                   help=("where the model runs (default: auto, a GPU if torch sees one, else the CPU). cuda with "
-                         "--workers K puts worker k on GPU k mod the visible count; cuda:N pins GPU N. "
-                         "Not part of settings.json: a run resumes on another device"))
-
-
-def _add_model_args(p: argparse.ArgumentParser, title: str = "model and decoding",
-                    prompt_under_allocation: bool = True) -> None:
-    g = p.add_argument_group(title)
-    g.add_argument("--model", default=DEFAULTS.model,
-                   help=f"embedded model name (smollm2-135m) or a local Hugging Face model folder (default: {DEFAULTS.model})")
-    _add_device(g)
-    g.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="weights and compute (default: float32 on the CPU, bfloat16 on a GPU); part of settings.json")
-    defaults = ", ".join(f"{name} {n}" for name, n in max_new_tokens_defaults().items())
-    g.add_argument("--max-new-tokens", type=int, default=None,
-                   help=f"greedy tokens per sequence at most (default: the task's: {defaults})")
-    g.add_argument("--metric", default=None,
-                   help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
-    g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
-                   help="most sequences per batch (default 0: chosen from model and prompt sizes)")
-    if prompt_under_allocation:
-        g.add_argument("--prompt-under-allocation", action="store_true",
-                       help="read the prompt with the allocation's layers too (default: the full model reads the prompt)")
-
-
-def _add_decoding_args(p: argparse.ArgumentParser) -> None:
-    """The generation protocol (--first-token) and the decoder that carries it out (--decoder)."""
-    p.add_argument("--first-token", choices=("allocation", "full"), default=DEFAULTS.first_token,
-                   help=("who predicts the first generated token. allocation (default): the full model reads the prompt "
-                         "but its last token, and the allocation reads that token and predicts every generated token. "
-                         "full: the full model reads the whole prompt and predicts the first generated token; the "
-                         "allocation reads it and predicts the rest"))
-    p.add_argument("--decoder", choices=("together", "per-candidate"), default=DEFAULTS.decoder,
-                   help=("together (default): one decode loop advances every candidate of a batch, each layer run once "
-                         "on the rows that keep it, attention over the shared prompt cache done once per sequence "
-                         "(Llama, Mistral, Qwen2, Qwen3 layouts; others fall back). per-candidate: the reference path, "
-                         "one candidate after another; outputs equal up to near-ties (float rounding)"))
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from skiporacle.controller.cli import add_controller_parsers
-
-    parser = _Parser(prog="skiporacle", description=(
+    parser = Parser(prog="skiporacle", description=(
         "For each input sequence, find the cheapest set of decoder layers that keeps the full model's quality."))
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     gen = sub.add_parser("generate", help="greedy outputs and scores under one layer allocation",
                          description="Generate greedily under one allocation and score each output against its reference.")
-    _add_data_args(gen)
-    _add_model_args(gen)
-    _add_decoding_args(gen)
+    add_data_args(gen)
+    add_model_args(gen)
+    add_decoding_args(gen)
     gen.add_argument("--controller", metavar="DIR",
                      help=("decide each sequence's allocation at prefill with this controller (from `skiporacle controller`), "
                            "generate with real skipping, and time it against the full model on the same sequences"))
@@ -123,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     hea.add_argument("--batch-size", type=int, default=HEAL.batch_size, help=f"windows per step (default: {HEAL.batch_size})")
     hea.add_argument("--seq-len", type=int, default=HEAL.seq_len, help=f"tokens per window (default: {HEAL.seq_len})")
     hea.add_argument("--bf16", action="store_true", help="bfloat16 autocast (~1.6x faster on CPU; weights stay float32)")
-    _add_device(hea)
+    add_device(hea)
     hea.add_argument("--lora", type=int, default=HEAL.lora_rank, metavar="RANK", help="train LoRA adapters of this rank instead of all weights (needs peft)")
     hea.add_argument("--seed", type=int, default=HEAL.seed, help=f"seed of the data order and LoRA init (default: {HEAL.seed})")
     hea.add_argument("--sources", default=",".join(HEAL.sources),
@@ -137,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     orc = sub.add_parser("oracle", help="score every candidate allocation on every sequence and pick the oracle's choice",
                          description="Score candidate allocations per sequence; write runs/NAME/allocations.jsonl and summary.json.")
-    _add_data_args(orc)
-    _add_model_args(orc)
-    _add_decoding_args(orc)
+    add_data_args(orc)
+    add_model_args(orc)
+    add_decoding_args(orc)
     g = orc.add_argument_group("search")
     g.add_argument("--space", default=DEFAULT_SPACES,
                    help=f"comma-separated spaces. {spaces_help()} (default: {DEFAULT_SPACES})")
@@ -183,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description=("Measure the importance order (the damage of removing each layer alone: perplexity "
                                       "of the full model's greedy continuations) on rows OFFSET..OFFSET+LIMIT-1 of a task, "
                                       "and write it to --out for `skiporacle oracle --importance`."))
-    _add_data_args(rnk)
-    _add_model_args(rnk)
+    add_data_args(rnk)
+    add_model_args(rnk)
     rnk.add_argument("--out", required=True, help="the importance.json to write")
 
     pla = sub.add_parser("plausibility", help="the full model's NLL of every output of a run, for the plausibility guard",
@@ -193,13 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "A candidate whose NLL exceeds the full output's by more than --margin cannot match."))
     pla.add_argument("--run", required=True, help="run folder")
     pla.add_argument("--margin", type=float, default=2.0, help="plausibility margin in nats/token (default: 2.0)")
-    _add_device(pla)
+    add_device(pla)
 
     ppl = sub.add_parser("perplexity", help="perplexity of the references under each candidate of a run",
                          description=("Teacher-forced perplexity of each sequence's first reference under every candidate "
                                       "of a run (prompt read by the full model); writes RUN/perplexity.json."))
     ppl.add_argument("--run", required=True, help="run folder")
-    _add_device(ppl)
+    add_device(ppl)
 
     dmp = sub.add_parser("dump", help="export a run as one row per sequence x candidate",
                          description="Export runs/NAME/allocations.jsonl as a table, one row per sequence and candidate.")
@@ -214,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--similarity", type=int, default=0, metavar="N",
                      help=("also run the model on N sequences for similarity.png, the hidden-state similarity study "
                            "(default: 0, the model is not run; `make curves` passes 16)"))
-    _add_device(cur)
+    add_device(cur)
 
     rep = sub.add_parser("report", help="one self-contained HTML page of a run (RUN/report.html)",
                          description=("Write a single HTML file that opens from disk: settings, headline figures with "
@@ -232,32 +160,3 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--run", required=True, help="run folder (e.g. a --space greedy run)")
     cmp_.add_argument("--against", required=True, help="run folder of the same sequences (e.g. make oracle's)")
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
-    try:
-        from skiporacle.oracle import commands, run_commands
-
-        if hasattr(args, "device"):
-            commands.device_of(args)  # a device not usable here is refused before any work
-        if args.command == "pertoken":
-            from skiporacle.controller.commands import pertoken
-
-            return pertoken(args)
-        return (getattr(commands, args.command, None) or getattr(run_commands, args.command))(args)
-    except BadInput as err:
-        print(f"skiporacle: error: {err}", file=sys.stderr)
-        return 2
-    except RunStopped as err:
-        print(f"skiporacle: stopped: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("skiporacle: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

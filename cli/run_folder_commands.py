@@ -7,14 +7,29 @@ run the model.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from skiporacle.cli.run_settings import device_of
 from skiporacle.data.errors import BadInput
-from skiporacle.oracle.commands import device_of
+from skiporacle.data.files import write_json_atomic
+from skiporacle.eval.similarity import similarity
+from skiporacle.eval.teacher_forcing import nll, teacher_forced_passes
+from skiporacle.oracle.candidates import pinned_allocations
+from skiporacle.oracle.compare import compare_runs
+from skiporacle.oracle.curves import write_curves, write_similarity
 from skiporacle.oracle.inputs import load_named_model
+from skiporacle.oracle.plausibility import write_plausibility
 from skiporacle.oracle.records import load_run
+from skiporacle.oracle.report import report_command
+from skiporacle.oracle.schema import dump_rows
+from skiporacle.oracle.summary import resummarize
 
 
 def _finished(out: Path) -> tuple[dict, list[dict]]:
@@ -27,10 +42,6 @@ def _finished(out: Path) -> tuple[dict, list[dict]]:
 
 def dump(args: argparse.Namespace) -> int:
     """Export one row per sequence x candidate as CSV or Parquet."""
-    import pyarrow as pa
-
-    from skiporacle.oracle.schema import dump_rows
-
     out = Path(args.run)
     _, records = _finished(out)
     rows = dump_rows(records)
@@ -40,11 +51,9 @@ def dump(args: argparse.Namespace) -> int:
         raise BadInput(f"cannot write {str(target)!r}: folder {str(target.parent)!r} does not exist")
     try:
         if args.format == "csv":
-            import pyarrow.csv as pcsv
 
             pcsv.write_csv(table, target)
         else:
-            import pyarrow.parquet as pq
 
             pq.write_table(table, target)
     except OSError as err:
@@ -55,8 +64,6 @@ def dump(args: argparse.Namespace) -> int:
 
 def curves(args: argparse.Namespace) -> int:
     """Write curves.csv, curves.png and similarity.png for a run."""
-    from skiporacle.oracle.curves import write_curves, write_similarity
-
     out = Path(args.run)
     settings, records = _finished(out)
     if args.resamples < 1:
@@ -64,7 +71,6 @@ def curves(args: argparse.Namespace) -> int:
     csv_path, png_path = write_curves(out, records, settings, args.resamples)
     print(f"skiporacle: wrote {csv_path} and {png_path}")
     if args.similarity > 0:
-        from skiporacle.eval.similarity import similarity
 
         model, tokenizer = load_named_model(settings["model"], settings["dtype"], device_of(args))
         n_layers = records[0]["full"]["cost"]
@@ -77,16 +83,11 @@ def curves(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     """Write RUN/report.html, a self-contained page of the run (see skiporacle.oracle.report)."""
-    from skiporacle.oracle.report import report_command
-
     return report_command(args)
 
 
 def plausibility(args: argparse.Namespace) -> int:
     """The full model's NLL of every output of a run (RUN/plausibility.json), then the summary again."""
-    from skiporacle.oracle.plausibility import write_plausibility
-    from skiporacle.oracle.summary import resummarize
-
     out = Path(args.run)
     write_plausibility(out, args.margin, partial(load_named_model, device=device_of(args)))
     guard = resummarize(out).get("guarded")  # the guard's own rule decides what counts as plausible
@@ -101,12 +102,6 @@ def plausibility(args: argparse.Namespace) -> int:
 
 def perplexity(args: argparse.Namespace) -> int:
     """Reference perplexity of a run's sequences under each of its candidates; writes RUN/perplexity.json."""
-    import math
-
-    from skiporacle.eval.teacher_forcing import nll, teacher_forced_passes
-    from skiporacle.data.files import write_json_atomic
-    from skiporacle.oracle.candidates import pinned_allocations
-
     out = Path(args.run)
     settings, records = _finished(out)
     if "candidates" not in settings:
@@ -132,9 +127,6 @@ def perplexity(args: argparse.Namespace) -> int:
 
 def compare(args: argparse.Namespace) -> int:
     """Paired comparison of two runs of the same sequences; writes RUN/compare-NAME.json."""
-    from skiporacle.data.files import write_json_atomic
-    from skiporacle.oracle.compare import compare_runs
-
     run, against = Path(args.run), Path(args.against)
     result = compare_runs(run, against)
     path = run / f"compare-{against.resolve().name}.json"

@@ -40,7 +40,7 @@ from skiporacle.controller.probe import fit_probe, member_accuracy
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import package_versions, write_json_atomic
 from skiporacle.data.fingerprint import content_hash
-from skiporacle.oracle.stats import mean_ci, resample_rows
+from skiporacle.oracle.bootstrap import mean_ci, resample_rows
 
 RESULT = "pertoken.json"
 FIGURE = "pertoken.png"
@@ -90,8 +90,9 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
         raise BadInput(f"--budgets {study.budgets!r}: every budget must keep the probe's layers 0-{study.probe_layer} "
                        f"(use {study.probe_layer + 1}-{n})")
     ranking = read_ranking(Path(study.importance), settings.model, n)
-    from skiporacle.eval.pertoken import (early_exit_family, generate_per_token, importance_family, kv_fill_fraction,
-                                          per_token_labels)
+    from skiporacle.eval.pertoken import kv_fill_fraction, per_token_labels
+    from skiporacle.eval.pertoken_generate import generate_per_token
+    from skiporacle.search.families import early_exit_family, importance_family
 
     family = importance_family(tuple(ranking["drop_order"]), n, keep=tuple(range(study.probe_layer + 1)))
     exits = early_exit_family(n)

@@ -1,12 +1,12 @@
-"""Per-token layer skipping: nested families of allocations and per-token oracle labels by teacher forcing.
+"""Per-token layer skipping: per-token oracle labels by teacher forcing over a nested `Family` (search/families.py).
 
-A `Family` is a chain of allocations, each dropping one more layer.  For the
+For the
 full model's greedy output of a prompt, `per_token_labels` says, for each
 output token and member, whether that member alone would predict the token
 when every earlier position is the full model's: the token's state runs only
 the member's layers, while it attends, at each layer it runs, to the full
 model's keys/values of earlier positions plus its own.  Generation that
-picks a member per token lives in `eval/pertoken_generate.py` (re-exported here).
+picks a member per token lives in `eval/pertoken_generate.py`.
 
 Shapes: B sequences of a batch, W padded width (prompt + output[:-1]), T the
 batch's longest output, D hidden, M members, N_tok labelled tokens.
@@ -15,52 +15,17 @@ batch's longest output, D hidden, M members, N_tok labelled tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from skiporacle.data.errors import BadInput
 from skiporacle.eval.batching import left_pad
 from skiporacle.eval.decode import positions, top2_margin
 from skiporacle.eval.model import decoder_layers
-from skiporacle.eval.pertoken_generate import (  # noqa: F401 (re-exported)
-    PerTokenGeneration, attend, check_model, generate_per_token, reference_per_token)
+from skiporacle.eval.pertoken_generate import attend, check_model
 from skiporacle.eval.crosslanes import finish, project, rotary_function
-from skiporacle.search.allocation import Allocation, early_exit
-
-
-@dataclass(frozen=True)
-class Family:
-    """Nested allocations: members[0] is the full model, each next member drops one more layer."""
-
-    name: str  # "importance" or "early-exit"
-    members: tuple[Allocation, ...]
-
-
-def importance_family(drop_order: Sequence[int], num_layers: int, keep: Sequence[int] = ()) -> Family:
-    """All layers, then without drop_order[0], then also without drop_order[1], ... down to one layer.
-
-    Layers in `keep` are never dropped (passed over in the order).  Member specs
-    are "importance:B", B the layers kept.
-    """
-    if len(set(drop_order)) != len(drop_order) or not all(0 <= l < num_layers for l in drop_order):
-        raise BadInput(f"drop order {list(drop_order)}: layers must be distinct and in 0-{num_layers - 1}")
-    order = [int(l) for l in drop_order if l not in set(keep)]
-    layers = list(range(num_layers))
-    members = [Allocation(tuple(layers), num_layers, f"importance:{num_layers}")]
-    for layer in order:
-        if len(layers) == 1:
-            break
-        layers.remove(layer)
-        members.append(Allocation(tuple(layers), num_layers, f"importance:{len(layers)}"))
-    return Family("importance", tuple(members))
-
-
-def early_exit_family(num_layers: int) -> Family:
-    """exit:L for L = num_layers .. 1 (members[0] runs all layers)."""
-    return Family("early-exit", tuple(early_exit(L, num_layers) for L in range(num_layers, 0, -1)))
+from skiporacle.search.families import Family
 
 
 def kv_fill_fraction(model: PreTrainedModel) -> float:

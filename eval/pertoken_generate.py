@@ -28,7 +28,7 @@ S cache columns (padded prompt - 1 + max_new_tokens), M family members.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,9 +42,7 @@ from skiporacle.eval.decode import prefill_shared
 from skiporacle.eval.memory import kv_head_shape
 from skiporacle.eval.crosslanes import finish, project, rotary_function
 from skiporacle.eval.model import decoder_layers
-
-if TYPE_CHECKING:
-    from skiporacle.eval.pertoken import Family
+from skiporacle.search.families import Family
 
 Decide = Callable[[torch.Tensor], torch.Tensor]
 

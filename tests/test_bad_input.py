@@ -60,6 +60,10 @@ def test_negative_tolerance_is_refused(capsys, tmp_path, tiny_llm_dir, oracle_da
                "--out", tmp_path / "run", match="--tolerance must be at least 0")
 
 
+def test_negative_controller_tolerance_is_refused(capsys, tmp_path):
+    assert_bad(capsys, "controller", "--run", tmp_path, "--tolerance", "-1", match="--tolerance must be at least 0")
+
+
 @pytest.mark.parametrize("spec, layer", [("0,0,1", 0), ("0-3,2", 2), ("1,0-4", 1)])
 def test_a_layer_named_twice_is_refused_before_the_model(capsys, tiny_llm_dir, oracle_data, no_model_load, spec, layer):
     assert_bad(capsys, "generate", *_data(tiny_llm_dir, oracle_data, "--limit", 1), "--layers", spec,

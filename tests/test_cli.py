@@ -1,4 +1,4 @@
-"""Tests for the `skiporacle` command, run in-process through `skiporacle.oracle.cli.main`.
+"""Tests for the `skiporacle` command, run in-process through `skiporacle.cli.main.main`.
 
 Every run uses the tiny saved Llama (`tiny_llm_dir`) and the 8-row JSONL file
 (`oracle_data`) from conftest.  Bad input of any kind must end with exit code 2 and
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NUM_LAYERS, one_thread
-from skiporacle.oracle.cli import main
+from skiporacle.cli.main import main
 
 LIMIT = 4
 

@@ -22,7 +22,7 @@ from skiporacle.controller.evaluate import (EvalSettings, budget_curve, cross_va
 from skiporacle.controller.fixed import nested_choices
 from skiporacle.controller.model import fit
 from skiporacle.oracle.choose import cheapest_matching, knapsack
-from skiporacle.oracle.cli import main
+from skiporacle.cli.main import main
 
 from test_cli import assert_bad, run_cli
 

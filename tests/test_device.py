@@ -20,7 +20,7 @@ from conftest import NUM_LAYERS, as_text, one_thread
 from rounding import assert_rounding_close, rounding_bound
 from skiporacle.data.errors import BadInput
 from skiporacle.eval import batching, device as dev, memory
-from skiporacle.oracle.cli import main
+from skiporacle.cli.main import main
 from skiporacle.search.allocation import full, uniform
 
 from test_cli import assert_bad, run_cli  # noqa: E402 (the CLI contract helpers; tests dir is on sys.path)

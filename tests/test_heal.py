@@ -17,7 +17,7 @@ from skiporacle.heal import distil
 from skiporacle.heal.distil import HealSettings, batch_at, heal, train_step
 from skiporacle.heal.student import build_student, save_variant
 from skiporacle.heal.texts import heal_examples, heal_texts, pad_batch
-from skiporacle.oracle.cli import main
+from skiporacle.cli.main import main
 from skiporacle.search.allocation import Allocation, full
 
 LAYERS = (0, 2, 3, 5)

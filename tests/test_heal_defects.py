@@ -18,7 +18,7 @@ from skiporacle.heal.distil import heal, held_out_kl
 from skiporacle.heal.student import build_student
 from skiporacle.heal.texts import heal_examples, heal_texts
 from skiporacle.heal.variants import healed_space
-from skiporacle.oracle.cli import main
+from skiporacle.cli.main import main
 from test_heal import interrupt_during_step_4
 
 from conftest import NUM_LAYERS, ORACLE_TEXTS

@@ -19,7 +19,7 @@ from skiporacle.data.errors import BadInput
 from skiporacle.eval import memory
 from skiporacle.eval.crossdecode import unsupported_reason
 from skiporacle.eval.model import decoder_layers, layer_path, layer_view, load_model, num_layers
-from skiporacle.oracle.cli import main
+from skiporacle.cli.main import main
 from skiporacle.search.allocation import uniform
 
 PATHS = {"llama-3.2-1b": ("model", "layers"), "qwen2.5-1.5b": ("model", "layers"),

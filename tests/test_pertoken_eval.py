@@ -8,8 +8,9 @@ import torch
 
 import skiporacle.eval.pertoken_generate as pertoken_generate
 from skiporacle.data.errors import BadInput
-from skiporacle.eval.pertoken import (
-    early_exit_family, generate_per_token, importance_family, per_token_labels, reference_per_token)
+from skiporacle.eval.pertoken import per_token_labels
+from skiporacle.eval.pertoken_generate import generate_per_token, reference_per_token
+from skiporacle.search.families import early_exit_family, importance_family
 
 from test_crossdecode import _model  # noqa: E402 (tests dir is on sys.path)
 from rounding import assert_rounding_close, model_tolerance

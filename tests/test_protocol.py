@@ -186,7 +186,7 @@ def test_first_token_full_oracle_run(tiny_llm_dir, oracle_data, default_run, tmp
 
 
 def test_generate_and_perplexity_commands_take_the_protocol(tiny_llm_dir, oracle_data, tmp_path, capsys):
-    from skiporacle.oracle.cli import main
+    from skiporacle.cli.main import main
     from skiporacle.oracle.run import run_oracle
 
     common = ["--model", str(tiny_llm_dir), "--data", str(oracle_data), "--input-field", "text",
@@ -292,7 +292,7 @@ def test_out_of_order_batches_are_written_in_plan_order_and_a_crash_loses_nothin
 
 
 def test_threads_must_be_positive(capsys):
-    from skiporacle.oracle.cli import main
+    from skiporacle.cli.main import main
 
     assert main(["oracle", "--threads", "0", "--out", "/nonexistent/x"]) == 2
     assert "--threads must be at least 1, got 0" in capsys.readouterr().err
@@ -327,8 +327,8 @@ def test_gsm8k_number_reads_only_true_thousands_groups_and_exponents(text, numbe
 
 def test_tasks_have_their_own_max_new_tokens_default(tmp_path, capsys):
     from skiporacle.data.tasks import load_task, max_new_tokens_defaults
-    from skiporacle.oracle.cli import build_parser
-    from skiporacle.oracle.commands import _settings
+    from skiporacle.cli.parsers import build_parser
+    from skiporacle.cli.run_settings import settings_from_args as _settings
 
     defaults = max_new_tokens_defaults()
     assert defaults["xsum"] == defaults["samsum"] == defaults["--data"] == 48  # the published runs are unchanged
@@ -401,7 +401,7 @@ def test_template_for_base_models(base_llm_dir, oracle_data, tmp_path):
     (["--instruction", "  "], "--instruction is empty"),
 ])
 def test_bad_prompt_options_are_refused_in_one_line(args, message, oracle_data, capsys):
-    from skiporacle.oracle.cli import main
+    from skiporacle.cli.main import main
 
     for command in ("generate", "oracle", "rank"):
         extra = ["--out", "/tmp/never-written.json"] if command == "rank" else []

@@ -68,7 +68,7 @@ def test_dask_cluster_gives_the_same_records(tiny_llm_dir, oracle_data, referenc
 
 def _command(settings: OracleSettings, out) -> list[str]:
     return [
-        sys.executable, "-m", "skiporacle.oracle.cli", "oracle", "--model", settings.model, "--data", settings.data_file,
+        sys.executable, "-m", "skiporacle.cli", "oracle", "--model", settings.model, "--data", settings.data_file,
         "--input-field", "text", "--reference-field", "summary", "--id-field", "id", "--limit", str(settings.limit),
         "--space", ",".join(settings.spaces), "--budgets", ",".join(map(str, settings.budgets)),
         "--max-new-tokens", str(settings.max_new_tokens), "--calibration", "0", "--batch-size", "1",

@@ -1,0 +1,98 @@
+"""The package's shape, read from its source: imports follow the one-way flow
+data -> search -> eval (heal beside it) -> oracle -> controller, with cli on top; no folder takes a private
+name from another; no circle between modules; no module over 250 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# A folder may import from its own level and the levels below.  heal sits beside eval: it may use eval, and
+# eval may not use heal (a healed variant reaches eval as a folder of weights, not as code).
+LEVEL = {"data": 0, "search": 1, "eval": 2, "heal": 3, "oracle": 4, "controller": 5, "cli": 6}
+MAX_LINES = 250
+
+
+def _modules() -> dict[str, Path]:
+    """skiporacle.FOLDER.NAME -> its file, for every module of the package."""
+    return {f"skiporacle.{path.parent.name}.{path.stem}": path
+            for folder in LEVEL for path in sorted((ROOT / folder).glob("*.py"))}
+
+
+def _imports(path: Path) -> list[tuple[str, tuple[str, ...], bool, int]]:
+    """(module, names, at module level, line) of every `skiporacle` import in `path`, function-level ones too."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top = set(map(id, tree.body))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("skiporacle."):
+            found.append((node.module, tuple(a.name for a in node.names), id(node) in top, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, (), id(node) in top, node.lineno) for a in node.names if a.name.startswith("skiporacle.")]
+    return found
+
+
+def _target(module: str, name: str, modules: dict[str, Path]) -> str:
+    """The module an import reaches: `from skiporacle.cli import main` names the module skiporacle.cli.main."""
+    return f"{module}.{name}" if f"{module}.{name}" in modules else module
+
+
+def test_every_import_follows_the_flow():
+    modules = _modules()
+    against = []
+    for name, path in modules.items():
+        folder = name.split(".")[1]
+        for module, _, _, line in _imports(path):
+            other = module.split(".")[1]
+            if LEVEL[other] > LEVEL[folder]:
+                against.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not against, "imports against data -> search -> eval -> heal -> oracle -> controller -> cli:\n" + "\n".join(against)
+
+
+def test_no_folder_imports_a_private_name_of_another():
+    private = [f"{path.relative_to(ROOT)}:{line} takes {module}.{n}"
+               for name, path in _modules().items() for module, names, _, line in _imports(path)
+               for n in names if n.startswith("_") and module.split(".")[1] != name.split(".")[1]]
+    assert not private, "\n".join(private)
+
+
+def test_no_circle_between_modules():
+    """Module-level and function-level imports alike: a circle dodged by a function-level import is a circle."""
+    modules = _modules()
+    graph = {name: {_target(m, n, modules) for m, names, _, _ in _imports(path) for n in (names or ("",))}
+             & modules.keys() - {name} for name, path in modules.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt] if nxt in path else path + [node, nxt]
+            if nxt not in state and (circle := visit(nxt, path + [nxt])):
+                return circle
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (circle := visit(start, [start])):
+            pytest.fail("import circle: " + " -> ".join(circle))
+
+
+def test_no_module_is_over_250_lines():
+    long = {str(path.relative_to(ROOT)): n for path in _modules().values()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_the_checks_can_fail(tmp_path):
+    """The readers above see what they must: an upward import, a private name and a circle in small sources."""
+    up = tmp_path / "up.py"
+    up.write_text("def f():\n    from skiporacle.oracle.run import _record\n")
+    assert _imports(up) == [("skiporacle.oracle.run", ("_record",), False, 2)]
+    side = tmp_path / "side.py"
+    side.write_text("from skiporacle.cli import main\nimport skiporacle.eval.model\n")
+    assert [(m, top) for m, _, top, _ in _imports(side)] == [("skiporacle.cli", True), ("skiporacle.eval.model", True)]
+    assert _target("skiporacle.cli", "main", _modules()) == "skiporacle.cli.main"
