@@ -18,7 +18,8 @@ HEAL_BUDGETS ?= 24 20 16
 HEAL_STEPS   ?= 150
 HEAL_ARGS    ?= --bf16
 # Controller labels: rows LABEL_OFFSET.. of TASK, disjoint from make oracle's rows (0..N-1, N <= 100), its
-# calibration rows (N..N+7), the ranking rows (xsum 60-67) and the healing rows (the last 200 of xsum and samsum).
+# calibration rows (N..N+7), the ranking rows (xsum 60-67) and the healing rows (the last 200 of xsum and samsum);
+# tests/test_makefile_rows.py reads these defaults and fails on an overlap.
 LABEL_N       ?= 300
 LABEL_OFFSET  ?= 100
 LABEL_BUDGETS ?= 20,22,24,25,26,27,28,29
