@@ -6,7 +6,8 @@ kernels fails on another (issue 26: 1.38e-5 against an absolute 1e-5), so the bo
 computation's size and dtype instead: per stage, Higham's bound for a sum of n terms, |error| <= n * eps *
 sum|terms|, with `magnitude` standing for sum|terms| and the stages in sequence adding up.  Both sides round, so the
 bound is doubled.  `bench/tolerances.py` measures the largest difference each comparison shows over repeated runs
-beside a CPU load and under other kernel dispatches; docs/performance.md keeps its figures (they lie 20-700x below).
+beside a CPU load and under other kernel dispatches; docs/performance.md keeps its figures (the largest
+difference seen, 6.1e-5, lies 460x below its tolerance).
 
 Setting SKIPORACLE_TOLERANCE_LOG=FILE makes every comparison append {test, difference, tolerance} to FILE.
 """

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import ORACLE_TEXTS
 from skiporacle.oracle.workers import run_calls
-from test_scale import _by_id, _command, _lines, _settings, reference_run  # noqa: F401 (the fixture)
+from test_scale import _by_id, _command, _lines, _settings, reference_run  # noqa: F401 (a fixture, used by name)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
