@@ -21,7 +21,7 @@ import numpy as np
 from skiporacle.controller.decide import knapsack_choices, threshold_choices
 from skiporacle.controller.model import Fitted, fit
 from skiporacle.oracle.choose import FULL, knapsack
-from skiporacle.oracle.stats import RESAMPLES
+from skiporacle.oracle.bootstrap import RESAMPLES, bootstrap_rows, interval
 
 TAUS = tuple(np.round(np.linspace(0.0, 1.0, 51), 4))
 SHUFFLES = 20  # permutations averaged by the shuffled-oracle baseline
@@ -122,12 +122,6 @@ def percent(value: float | None, num_layers: int) -> float | None:
     return None if value is None else 100 * value / num_layers
 
 
-def interval(values: list[float | None]) -> list[float] | None:
-    """95 % percentile interval of the non-null bootstrap values (None if all are null)."""
-    kept = [v for v in values if v is not None]
-    return [float(np.percentile(kept, 2.5)), float(np.percentile(kept, 97.5))] if kept else None
-
-
 def evaluate(prob: np.ndarray, pred: np.ndarray, length_prob: np.ndarray, scores: np.ndarray, costs: list[int],
              settings: EvalSettings) -> dict:
     """The controller's figures against the oracle and the baselines, all on `scores` [N, K] (true scores)."""
@@ -201,9 +195,8 @@ def _kept(controller: float | None, oracle: float | None, num_layers: int) -> fl
 
 def _points(curve: Curve, num_layers: int, settings: EvalSettings) -> list[dict]:
     """Distinct operating points with the bootstrap interval of their mean score."""
-    rng = np.random.default_rng(settings.seed)
     n = curve.layers.shape[1]
-    rows = rng.integers(0, n, size=(settings.resamples, n))
+    rows = bootstrap_rows(n, settings.seed, settings.resamples)
     seen, out = set(), []
     for p, knob in enumerate(curve.knobs):
         layers, score = float(curve.layers[p].mean()), float(curve.scores[p].mean())
@@ -211,6 +204,7 @@ def _points(curve: Curve, num_layers: int, settings: EvalSettings) -> list[dict]
             continue
         seen.add((round(layers, 9), round(score, 9)))
         means = curve.scores[p][rows].mean(1)
+        low, high = interval(means)
         out.append({"knob": float(knob), "percent_layers": 100 * layers / num_layers, "mean_score": score,
-                    "low": float(np.percentile(means, 2.5)), "high": float(np.percentile(means, 97.5))})
+                    "low": low, "high": high})
     return out

@@ -13,6 +13,7 @@ import numpy as np
 
 from skiporacle.controller.decide import threshold_choices
 from skiporacle.controller.evaluate import TAUS, EvalSettings, cross_validated, fold_of, reach, threshold_curve
+from skiporacle.oracle.bootstrap import bootstrap_rows, interval
 from skiporacle.controller.model import Fitted, fit
 from skiporacle.oracle.choose import FULL
 
@@ -49,10 +50,9 @@ def fair_point(choices: np.ndarray, costs, scores: np.ndarray, settings: EvalSet
     layers = np.asarray(costs, dtype=float)[choices]
     got = scores[np.arange(n), choices]
     lag = got - scores[:, FULL]
-    rows = np.random.default_rng(settings.seed).integers(0, n, size=(settings.resamples, n))
-    span = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]  # noqa: E731
+    rows = bootstrap_rows(n, settings.seed, settings.resamples)
     return {"percent_layers": float(100 * layers.mean() / num_layers),
-            "percent_layers_ci95": span(100 * layers[rows].mean(1) / num_layers),
+            "percent_layers_ci95": interval(100 * layers[rows].mean(1) / num_layers),
             "mean_score": float(got.mean()), "mean_score_minus_full": float(lag.mean()),
-            "mean_score_minus_full_ci95": span(lag[rows].mean(1)),
+            "mean_score_minus_full_ci95": interval(lag[rows].mean(1)),
             "skipping_sequences": int((layers < num_layers).sum())}

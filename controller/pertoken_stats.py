@@ -2,7 +2,7 @@
 bootstrap intervals over sequences, the fixed-rate curve interpolated at equal compute, and paired
 differences.
 
-Every interval resamples *sequences* (rows `rows` [R, S] from `oracle.stats.resample_rows`, shared by
+Every interval resamples *sequences* (rows `rows` [R, S] from `oracle.bootstrap.resample_rows`, shared by
 every figure of one study, so differences are paired).  A token-weighted mean on a resample is the sum
 over its sequences' tokens divided by their token count.
 
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from skiporacle.oracle.stats import interval, mean_ci
+from skiporacle.oracle.bootstrap import interval, mean_ci, paired_means
 
 
 def cheapest_correct(correct: np.ndarray) -> np.ndarray:
@@ -68,12 +68,6 @@ def interpolate(budgets: Sequence[float], scores: np.ndarray, x: float) -> tuple
         [float(b[lo]), float(b[hi])]
 
 
-def paired(a: np.ndarray, b: np.ndarray, rows: np.ndarray) -> dict:
-    """Mean of a - b over sequences [S] and its 95 % interval over the same resamples rows [R, S]."""
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    return {"estimate": float(diff.mean()), "ci95": mean_ci(diff, rows)}
-
-
 def tau_point(tau: float, gen, scores: np.ndarray, full_tokens: list, fixed: tuple, rows: np.ndarray, n: int,
               decided: np.ndarray, correct: np.ndarray, costs: Sequence[int], kv_fill: float = 0.0) -> dict:
     """One tau point of a generation `gen` (tokens, members, layers_run per sequence) with per-sequence scores [S]:
@@ -103,9 +97,9 @@ def tau_point(tau: float, gen, scores: np.ndarray, full_tokens: list, fixed: tup
         "token_ids": [list(map(int, t)) for t in gen.tokens], "members": [list(map(int, m)) for m in gen.members],
         "fixed_rate_at_equal_compute": None if at_equal is None else
         {"mean_score": float(at_equal.mean()), "bracket_layers": bracket},
-        "controller_minus_fixed_rate": None if at_equal is None else paired(scores, at_equal, rows),
+        "controller_minus_fixed_rate": None if at_equal is None else paired_means(scores, at_equal, rows),
         "mean_layers_per_token_charged": charged, "percent_layers_charged": 100 * charged / n,
-        "controller_minus_fixed_rate_charged": None if at_charged is None else paired(scores, at_charged, rows),
+        "controller_minus_fixed_rate_charged": None if at_charged is None else paired_means(scores, at_charged, rows),
         "beyond_budgets": None if at_equal is not None else
         f"{mean:.2f} layers per token lies outside the fixed-rate budgets {fixed_layers[0]:g}-{fixed_layers[-1]:g}",
         "teacher_forced": {

@@ -155,11 +155,3 @@ def _knapsack_reference(scores: np.ndarray, costs: Sequence[int]) -> KnapsackCur
             np.maximum(new[c:], dp[: capacity + 1 - c] + scores[i, j], out=new[c:])
         dp = new
     return KnapsackCurve(np.maximum.accumulate(dp), n)
-
-
-def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of values [N]."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(resamples, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))

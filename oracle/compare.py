@@ -14,7 +14,8 @@ import numpy as np
 
 from skiporacle.data.errors import BadInput
 from skiporacle.oracle.records import load_run
-from skiporacle.oracle.stats import interval, knapsack_stats, resample_rows
+from skiporacle.oracle.bootstrap import interval, mean_ci, resample_rows
+from skiporacle.oracle.stats import knapsack_stats
 from skiporacle.oracle.table import RunTable
 
 
@@ -52,10 +53,10 @@ def compare_runs(first: Path, second: Path) -> dict:
     for key in ("rule", "exact"):
         diff = fa[key] - fb[key]
         out[key] = {"first": float(fa[key].mean()), "second": float(fb[key].mean()),
-                    "difference": float(diff.mean()), "difference_ci95": interval(diff[rows].mean(axis=1))}
+                    "difference": float(diff.mean()), "difference_ci95": mean_ci(diff, rows)}
     (pa, sa), (pb, sb) = fa["knapsack"], fb["knapsack"]
     out["knapsack"] = {"first": pa, "second": pb, "difference": None if pa is None or pb is None else pa - pb,
                        "difference_ci95": interval(sa - sb)}
     diff = fa["full"] - fb["full"]
-    out["full_mean_score"] = {"difference": float(diff.mean()), "difference_ci95": interval(diff[rows].mean(axis=1))}
+    out["full_mean_score"] = {"difference": float(diff.mean()), "difference_ci95": mean_ci(diff, rows)}
     return out

@@ -19,7 +19,7 @@ from skiporacle.oracle.candidates import static_series  # noqa: E402
 from skiporacle.oracle.choose import KnapsackCurve  # noqa: E402
 from skiporacle.oracle.frontier import best_totals, frontiers  # noqa: E402
 from skiporacle.oracle.splitref import has_split, held_out_curve, split_scores  # noqa: E402
-from skiporacle.oracle.stats import RESAMPLES, interval, mean_ci, resample_rows  # noqa: E402
+from skiporacle.oracle.bootstrap import RESAMPLES, interval, mean_ci, resample_rows  # noqa: E402
 from skiporacle.oracle.table import RunTable  # noqa: E402
 
 FIELDS = ("series", "spec", "percent_layers", "mean_score", "low", "high")

@@ -22,7 +22,8 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.files import read_json_object
 from skiporacle.oracle.choose import FULL, cheapest_matching, or_full
 from skiporacle.oracle.plausibility import PLAUSIBILITY
-from skiporacle.oracle.stats import knapsack_stats, mean_ci, paired, rule_stats
+from skiporacle.oracle.bootstrap import mean_ci, paired
+from skiporacle.oracle.stats import knapsack_stats, rule_stats
 
 
 def _nll(value, where: str) -> float | None:

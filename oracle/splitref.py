@@ -26,7 +26,8 @@ from skiporacle.data.files import write_json_atomic
 from skiporacle.eval.metrics import sequence_scores
 from skiporacle.oracle.choose import FULL, cheapest_matching, or_full
 from skiporacle.oracle.frontier import SLACK, chosen_totals, frontiers
-from skiporacle.oracle.stats import interval, knapsack_stats, mean_ci, paired, rule_stats
+from skiporacle.oracle.bootstrap import interval, mean_ci, paired
+from skiporacle.oracle.stats import knapsack_stats, rule_stats
 
 SPLIT_SCORES = "split_scores.json"  # cache of the re-scored outputs: ROUGE against 10 references is slow
 STEP = 0.25  # curve grid, in mean layers per sequence (as KnapsackCurve.points)

@@ -1,12 +1,9 @@
-"""Bootstrap intervals and token-weighted cost for a run's summary.
+"""The summary's statistics of a run: the rule's and the knapsack's figures, token-weighted cost, with intervals.
 
-One resample count (`RESAMPLES`) and one seed (the run's) everywhere.  A
-resample draws sequence *positions* in the records sorted by id, so an
-interval never depends on the order in which workers wrote the records, and
-every statistic of one summary sees the same resamples: comparisons on
-the same sequences (healed vs training-free, held-out vs in-sample
-references) are paired.  Intervals are 95 % percentile intervals, written
-as `[low, high]` under the statistic's key plus `_ci95`.
+One resample count and one seed (the run's) everywhere, with the resamples of `oracle/bootstrap.py`: every
+statistic of one summary sees the same resamples, so comparisons on the same sequences (healed vs
+training-free, held-out vs in-sample references) are paired.  Intervals are written as `[low, high]` under
+the statistic's key plus `_ci95`.
 """
 
 from __future__ import annotations
@@ -15,37 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
+from skiporacle.oracle.bootstrap import interval, mean_ci
 from skiporacle.oracle.choose import FULL, knapsack, or_full
 from skiporacle.oracle.frontier import frontiers, reach
-
-RESAMPLES = 200  # every bootstrap of the package: summary.json intervals and curves.csv bands
-LOW, HIGH = 2.5, 97.5
-
-
-def resample_rows(ids: Sequence[str], seed: int, resamples: int = RESAMPLES) -> np.ndarray:
-    """Resamples [resamples, N] of row indices into data in the order of `ids` (a record order).
-
-    Positions are drawn in the id-sorted order and mapped back to rows, so a resample picks the same
-    sequences, in the same order, whatever order the records were written in.
-    """
-    order = np.array(sorted(range(len(ids)), key=lambda i: ids[i]), dtype=int)
-    return order[np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))]
-
-
-def interval(samples: Sequence[float]) -> list[float]:
-    """The 95 % percentile interval [low, high] of bootstrap samples."""
-    return [float(np.percentile(samples, LOW)), float(np.percentile(samples, HIGH))]
-
-
-def mean_ci(values: np.ndarray, rows: np.ndarray) -> list[float]:
-    """Interval of the mean of values [N] over the resamples rows [R, N]."""
-    return interval(values[rows].mean(axis=1))
-
-
-def paired(estimate: float | None, samples_a: np.ndarray, samples_b: np.ndarray) -> dict:
-    """A paired difference a - b: its estimate and the interval of the per-resample differences."""
-    return {"estimate": estimate, "ci95": interval(np.asarray(samples_a) - np.asarray(samples_b))}
-
 
 def token_matrix(records: list[dict]) -> np.ndarray:
     """Generated tokens [N, K] of every candidate's output, the full model last (columns as `RunTable`'s)."""

@@ -16,16 +16,8 @@ from skiporacle.oracle.guard import guarded, missing_sequences, read_plausibilit
 from skiporacle.oracle.records import SUMMARY, load_run
 from skiporacle.oracle.splitref import has_split, split_reference, split_scores
 from skiporacle.oracle.table import RunTable
-from skiporacle.oracle.stats import (
-    RESAMPLES,
-    knapsack_stats,
-    layer_token_percents,
-    mean_ci,
-    paired,
-    resample_rows,
-    rule_stats,
-    token_matrix,
-)
+from skiporacle.oracle.bootstrap import RESAMPLES, mean_ci, paired, resample_rows
+from skiporacle.oracle.stats import knapsack_stats, layer_token_percents, rule_stats, token_matrix
 
 
 def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) -> dict:

@@ -30,7 +30,7 @@ from skiporacle.oracle.records import (
     read_records,
 )
 from skiporacle.oracle.candidates import parse_spaces
-from skiporacle.oracle.choose import KnapsackCurve, bootstrap_means, cheapest_identical, cheapest_matching, knapsack
+from skiporacle.oracle.choose import KnapsackCurve, cheapest_identical, cheapest_matching, knapsack
 from skiporacle.search.allocation import full, uniform
 from skiporacle.search.spaces import (
     early_exit_space,
@@ -114,14 +114,6 @@ def test_knapsack_curve_direct():
     assert curve.mean_score_at(1 / 3) == 1.0
     assert curve.mean_score_at(0.0) == -math.inf
     assert curve.layers_to_reach(2.0) == pytest.approx(2 / 3)
-
-
-def test_bootstrap_means_brackets_the_mean_and_is_seeded():
-    values = np.array([0.0, 10.0, 20.0, 30.0, 100.0])
-    lo, hi = bootstrap_means(values, 200, seed=3)
-    assert 0.0 <= lo <= values.mean() <= hi <= 100.0
-    assert bootstrap_means(values, 200, seed=3) == (lo, hi)
-    assert bootstrap_means(np.array([7.0, 7.0]), 10, seed=0) == (7.0, 7.0)
 
 
 # --- rules ----------------------------------------------------------------------------------

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skiporacle.controller.pertoken_stats import (cheapest_correct, interpolate, oracle_block, paired,
-                                                  token_weighted, verdict)
+from skiporacle.controller.pertoken_stats import cheapest_correct, interpolate, oracle_block, token_weighted, verdict
 from skiporacle.controller.probe import auc, decide, fit_probe, member_accuracy
-from skiporacle.oracle.stats import resample_rows
+from skiporacle.oracle.bootstrap import paired_means as paired, resample_rows
 
 
 # --- the probe --------------------------------------------------------------------------------------
@@ -194,7 +193,7 @@ def study(base_args, tmp_path_factory):
     import contextlib
     import io
 
-    from skiporacle.oracle.cli import main
+    from skiporacle.cli.main import main
 
     out = tmp_path_factory.mktemp("pertoken") / "out"
     stdout = io.StringIO()

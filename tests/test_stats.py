@@ -70,7 +70,7 @@ def random_records(n, costs, seed=0, ties=True):
 
 
 def test_one_resample_count_everywhere():
-    from skiporacle.oracle import curves, stats
+    from skiporacle.oracle import bootstrap as stats, curves
 
     assert stats.RESAMPLES == 200
     assert inspect.signature(stats.resample_rows).parameters["resamples"].default == stats.RESAMPLES
@@ -79,7 +79,7 @@ def test_one_resample_count_everywhere():
 
 
 def test_resample_rows_follow_ids_not_file_order():
-    from skiporacle.oracle.stats import resample_rows
+    from skiporacle.oracle.bootstrap import resample_rows
 
     ids = ["c", "a", "b", "d"]
     rows = resample_rows(ids, seed=3)
@@ -138,7 +138,7 @@ def _percent_reach(scores, costs, rows):
 
 
 def test_summary_intervals_recompute_each_resample(tmp_path):
-    from skiporacle.oracle.stats import resample_rows
+    from skiporacle.oracle.bootstrap import resample_rows
     from skiporacle.oracle.table import RunTable
 
     costs = [2, 3, 4, 5, L]
@@ -217,7 +217,7 @@ def test_intervals_do_not_depend_on_record_order(tmp_path):
 
 
 def test_training_free_paired_differences(tmp_path):
-    from skiporacle.oracle.stats import resample_rows
+    from skiporacle.oracle.bootstrap import resample_rows
     from skiporacle.oracle.table import RunTable
 
     costs = [2, 3, 4, L]
@@ -266,7 +266,7 @@ def test_summary_is_fast_with_intervals(tmp_path):
 
 
 def test_oracle_command_prints_intervals():
-    from skiporacle.oracle.commands import _ci
+    from skiporacle.cli.model_commands import _ci
 
     assert _ci([20.04, 27.5], " %") == " (95 % CI 20.0-27.5 %)"
     assert _ci(None, " %") == ""
@@ -390,7 +390,7 @@ def test_curves_have_split_reference_series(tmp_path):
     from skiporacle.oracle.curves import curve_rows, write_curves
     from skiporacle.oracle.frontier import best_totals, frontiers
     from skiporacle.oracle.choose import KnapsackCurve
-    from skiporacle.oracle.stats import resample_rows
+    from skiporacle.oracle.bootstrap import resample_rows
     from skiporacle.oracle.table import RunTable
 
     records = split_records()
