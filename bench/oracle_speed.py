@@ -33,9 +33,9 @@ import torch
 from skiporacle.eval.generate import encode_prompts, generate_candidates
 from skiporacle.eval.device import describe, resolve_device
 from skiporacle.eval.model import decoder_layers, load_model
-from skiporacle.oracle.candidates import build_candidates
+from skiporacle.oracle.candidate_list import build_candidates
 from skiporacle.oracle.inputs import load_inputs
-from skiporacle.oracle.settings import DEFAULTS, OracleSettings
+from skiporacle.oracle.oracle_settings import DEFAULTS, OracleSettings
 
 PATHS = ("plain", "per-candidate", "together", "bf16")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from skiporacle.data.tasks import max_new_tokens_defaults
-from skiporacle.oracle.settings import DEFAULTS
+from skiporacle.oracle.oracle_settings import DEFAULTS
 
 
 class Parser(argparse.ArgumentParser):

@@ -10,15 +10,15 @@ from pathlib import Path
 from skiporacle.cli.run_settings import device_of, settings_from_args
 from skiporacle.controller.deploy import generate_with_controller
 from skiporacle.controller.evaluate import EvalSettings
-from skiporacle.controller.pertoken import run_pertoken
-from skiporacle.controller.pertoken_report import summary_lines
-from skiporacle.controller.pertoken_settings import parse_taus, Study
-from skiporacle.controller.run import load_controller, run_controller
+from skiporacle.pertoken.study import run_pertoken
+from skiporacle.pertoken.study_report import summary_lines
+from skiporacle.pertoken.study_settings import parse_taus, Study
+from skiporacle.controller.controller_run import load_controller, run_controller
 from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import content_hash
 from skiporacle.eval.generate import generate as run_generate
 from skiporacle.eval.metrics import sequence_scores
-from skiporacle.oracle.candidates import pinned_allocations
+from skiporacle.oracle.candidate_list import pinned_allocations
 from skiporacle.oracle.inputs import load_named_model
 from skiporacle.search.allocation import full
 
@@ -121,7 +121,7 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
 
 def pertoken(args: argparse.Namespace) -> int:
     """`skiporacle pertoken`: the per-token oracle, a hidden-state probe and its controller with real skipping,
-    against fixed skip rates at equal compute (see skiporacle.controller.pertoken)."""
+    against fixed skip rates at equal compute (see skiporacle.pertoken.study)."""
     for name, value, low in (("--train-offset", args.train_offset, 0), ("--train-limit", args.train_limit, 1),
                              ("--probe-layer", args.probe_layer, 0), ("--resamples", args.resamples, 1)):
         if value < low:

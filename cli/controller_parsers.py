@@ -30,7 +30,7 @@ def add_controller_parsers(sub) -> None:
 
 
 def _add_pertoken(sub) -> None:
-    """`skiporacle pertoken` (skiporacle.controller.pertoken): a per-token controller against fixed skip rates."""
+    """`skiporacle pertoken` (skiporacle.pertoken.study): a per-token controller against fixed skip rates."""
     per = sub.add_parser(
         "pertoken", help="per-token study: oracle, a hidden-state probe and its controller vs fixed skip rates",
         description=(

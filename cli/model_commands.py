@@ -13,10 +13,10 @@ from skiporacle.cli.run_settings import device_of, replace_settings, settings_fr
 from skiporacle.eval.generate import generate as run_generate
 from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
 from skiporacle.eval.ranking import cached_drop_order
-from skiporacle.oracle.candidates import parse_spaces
+from skiporacle.oracle.candidate_list import parse_spaces
 from skiporacle.oracle.inputs import load_inputs, load_named_model
 from skiporacle.oracle.records import check_writable
-from skiporacle.oracle.run import run_oracle
+from skiporacle.oracle.oracle_run import run_oracle
 from skiporacle.oracle.workers import check_scheduler
 from skiporacle.search.allocation import check_spec, parse_spec
 from skiporacle.search.spaces import parse_budgets

@@ -7,9 +7,9 @@ import argparse
 
 from skiporacle.cli.arguments import Parser, add_data_args, add_decoding_args, add_device, add_model_args
 from skiporacle.cli.controller_parsers import add_controller_parsers
-from skiporacle.heal.settings import DEFAULTS as HEAL
-from skiporacle.oracle.candidates import spaces_help
-from skiporacle.oracle.settings import DEFAULTS
+from skiporacle.heal.heal_settings import DEFAULTS as HEAL
+from skiporacle.oracle.candidate_list import spaces_help
+from skiporacle.oracle.oracle_settings import DEFAULTS
 from skiporacle.oracle.bootstrap import RESAMPLES
 
 DEFAULT_BUDGETS = ",".join(map(str, DEFAULTS.budgets))

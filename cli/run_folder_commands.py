@@ -21,11 +21,11 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.files import write_json_atomic
 from skiporacle.eval.similarity import similarity
 from skiporacle.eval.teacher_forcing import nll, teacher_forced_passes
-from skiporacle.oracle.candidates import pinned_allocations
+from skiporacle.oracle.candidate_list import pinned_allocations
 from skiporacle.oracle.compare import compare_runs
 from skiporacle.oracle.curves import write_curves, write_similarity
 from skiporacle.oracle.inputs import load_named_model
-from skiporacle.oracle.plausibility import write_plausibility
+from skiporacle.oracle.plausibility_file import write_plausibility
 from skiporacle.oracle.records import load_run
 from skiporacle.oracle.report import report_command
 from skiporacle.oracle.schema import dump_rows

@@ -10,7 +10,7 @@ from skiporacle.data.tasks import check_prompt_options
 from skiporacle.eval.device import default_dtype, resolve_device
 from skiporacle.eval.metrics import METRICS
 from skiporacle.oracle.inputs import load_examples
-from skiporacle.oracle.settings import DEFAULTS, OracleSettings
+from skiporacle.oracle.oracle_settings import DEFAULTS, OracleSettings
 
 
 def device_of(args: argparse.Namespace) -> str:

@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.controller.decide import threshold_choices
-from skiporacle.controller.model import Fitted
+from skiporacle.controller.classifier import Fitted
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.features import prefill_features
 from skiporacle.eval.batching import left_pad, plan_for

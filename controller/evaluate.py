@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from skiporacle.controller.decide import knapsack_choices, threshold_choices
-from skiporacle.controller.model import Fitted, fit
+from skiporacle.controller.classifier import Fitted, fit
 from skiporacle.oracle.choose import FULL, knapsack
 from skiporacle.oracle.bootstrap import RESAMPLES, bootstrap_rows, interval
 

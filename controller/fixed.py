@@ -14,7 +14,7 @@ import numpy as np
 from skiporacle.controller.decide import threshold_choices
 from skiporacle.controller.evaluate import TAUS, EvalSettings, cross_validated, fold_of, reach, threshold_curve
 from skiporacle.oracle.bootstrap import bootstrap_rows, interval
-from skiporacle.controller.model import Fitted, fit
+from skiporacle.controller.classifier import Fitted, fit
 from skiporacle.oracle.choose import FULL
 
 

@@ -17,7 +17,7 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import content_hash
 from skiporacle.oracle.choose import FULL
 from skiporacle.oracle.guard import missing_sequences, plausible_mask
-from skiporacle.oracle.plausibility import PLAUSIBILITY
+from skiporacle.oracle.plausibility_file import PLAUSIBILITY
 from skiporacle.oracle.records import load_run
 from skiporacle.oracle.stats import token_matrix
 from skiporacle.oracle.table import RunTable

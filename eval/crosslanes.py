@@ -6,7 +6,7 @@ the rows that keep it, and read the sequence's one full-model prompt cache
 through a dense [B, C] query layout (C = the most rows of one sequence in the
 lane; slots of sequences with fewer rows stay unused).  A layer runs through the
 model's own modules in two halves, `project` (norms, q/k/v, rotary) and `finish`
-(o_proj, MLP, residuals), shared with the per-token engine (`pertoken_generate`).
+(o_proj, MLP, residuals), shared with the per-token engine (`pertoken/token_generation.py`).
 
 Shapes: B sequences, K the row stride of a sequence (row r = b*K + k), C rows
 of one sequence in a lane, Hkv key/value heads, hd head dim, P prefix length.

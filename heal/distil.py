@@ -34,7 +34,7 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.files import package_versions
 from skiporacle.heal.checkpoint import load_checkpoint, restore, save_checkpoint
 from skiporacle.heal.student import build_student, save_variant
-from skiporacle.heal.settings import HealSettings
+from skiporacle.heal.heal_settings import HealSettings
 from skiporacle.heal.texts import HealText, heal_examples, heal_texts, pad_batch, split_holdout
 
 

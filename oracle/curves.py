@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from skiporacle.oracle.candidates import static_series  # noqa: E402
+from skiporacle.oracle.candidate_list import static_series  # noqa: E402
 from skiporacle.oracle.choose import KnapsackCurve  # noqa: E402
 from skiporacle.oracle.frontier import best_totals, frontiers  # noqa: E402
 from skiporacle.oracle.splitref import has_split, held_out_curve, split_scores  # noqa: E402

@@ -21,7 +21,7 @@ import numpy as np
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import read_json_object
 from skiporacle.oracle.choose import FULL, cheapest_matching, or_full
-from skiporacle.oracle.plausibility import PLAUSIBILITY
+from skiporacle.oracle.plausibility_file import PLAUSIBILITY
 from skiporacle.oracle.bootstrap import mean_ci, paired
 from skiporacle.oracle.stats import knapsack_stats, rule_stats
 

@@ -70,7 +70,7 @@ def search_strategy(spaces) -> str | None:
 def search_plan(strategy: str, settings, inputs, out, model, tokenizer, progress: bool) -> SearchPlan:
     """The plan of a search run: its columns (min(--budgets) .. all layers but one) and the importance order
     that fills them below where a path stopped (`--importance FILE`, else measured on the calibration rows)."""
-    from skiporacle.oracle.candidates import SpaceRequest, drop_order
+    from skiporacle.oracle.candidate_list import SpaceRequest, drop_order
 
     n = inputs.num_layers
     floor = min(settings.budgets)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from skiporacle.oracle.candidates import space_of
+from skiporacle.oracle.candidate_list import space_of
 from skiporacle.oracle.choose import FULL, KnapsackCurve, cheapest_identical, cheapest_matching, knapsack, or_full
 
 FULL_SPEC = "all"  # the full model's spec, and its column's name

@@ -4,7 +4,7 @@ A budget is a number of layers kept per generated token.  Spaces are pure
 functions of (budgets, number of layers, and their own parameters); measuring
 anything on a model (the importance order) happens in `eval/`, and its result
 is passed in.  The healed space reads variant folders and lives in
-`heal/variants.py`; which name runs which generator is `oracle/candidates.py`'s
+`heal/variants.py`; which name runs which generator is `oracle/candidate_list.py`'s
 registry.
 """
 

@@ -362,7 +362,7 @@ def oracle_data(tiny_llm_dir, tmp_path_factory):
     import json
 
     from skiporacle.eval.generate import generate
-    from skiporacle.oracle.settings import OracleSettings
+    from skiporacle.oracle.oracle_settings import OracleSettings
     from skiporacle.oracle.inputs import load_inputs
     from skiporacle.oracle.workers import load_model_cached
     from skiporacle.search.allocation import full, uniform

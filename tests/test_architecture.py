@@ -1,6 +1,6 @@
 """The package's shape, read from its source: imports follow the one-way flow
-data -> search -> eval (heal beside it) -> oracle -> controller, with cli on top; no folder takes a private
-name from another; no circle between modules; no module over 250 lines."""
+data -> search -> eval (heal beside it) -> oracle -> controller -> pertoken, with cli on top; no folder takes a
+private name from another; no circle between modules; no module over 250 lines; no file name in two folders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # A folder may import from its own level and the levels below.  heal sits beside eval: it may use eval, and
 # eval may not use heal (a healed variant reaches eval as a folder of weights, not as code).
-LEVEL = {"data": 0, "search": 1, "eval": 2, "heal": 3, "oracle": 4, "controller": 5, "cli": 6}
+LEVEL = {"data": 0, "search": 1, "eval": 2, "heal": 3, "oracle": 4, "controller": 5, "pertoken": 6, "cli": 7}
 MAX_LINES = 250
 
 
@@ -49,7 +49,7 @@ def test_every_import_follows_the_flow():
             other = module.split(".")[1]
             if LEVEL[other] > LEVEL[folder]:
                 against.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
-    assert not against, "imports against data -> search -> eval -> heal -> oracle -> controller -> cli:\n" + "\n".join(against)
+    assert not against, "imports against data -> search -> eval -> heal -> oracle -> controller -> pertoken -> cli:\n" + "\n".join(against)
 
 
 def test_no_folder_imports_a_private_name_of_another():
@@ -87,11 +87,21 @@ def test_no_module_is_over_250_lines():
     assert not long, long
 
 
+def test_file_names_are_unique_across_folders():
+    """So that a newcomer knows which `candidates.py` to edit: one file of each name (package markers aside)."""
+    folders: dict[str, list[str]] = {}
+    for name in _modules():
+        folder, stem = name.split(".")[1:]
+        if stem not in ("__init__", "__main__"):
+            folders.setdefault(stem, []).append(folder)
+    assert {stem: f for stem, f in folders.items() if len(f) > 1} == {}
+
+
 def test_the_checks_can_fail(tmp_path):
     """The readers above see what they must: an upward import, a private name and a circle in small sources."""
     up = tmp_path / "up.py"
-    up.write_text("def f():\n    from skiporacle.oracle.run import _record\n")
-    assert _imports(up) == [("skiporacle.oracle.run", ("_record",), False, 2)]
+    up.write_text("def f():\n    from skiporacle.oracle.oracle_run import _record\n")
+    assert _imports(up) == [("skiporacle.oracle.oracle_run", ("_record",), False, 2)]
     side = tmp_path / "side.py"
     side.write_text("from skiporacle.cli import main\nimport skiporacle.eval.model\n")
     assert [(m, top) for m, _, top, _ in _imports(side)] == [("skiporacle.cli", True), ("skiporacle.eval.model", True)]

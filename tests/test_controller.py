@@ -20,7 +20,7 @@ from skiporacle.controller.decide import knapsack_choices, threshold_choices
 from skiporacle.controller.evaluate import (EvalSettings, budget_curve, cross_validated, evaluate, fold_of,
                                             oracle_reach, reach, threshold_curve)
 from skiporacle.controller.fixed import nested_choices
-from skiporacle.controller.model import fit
+from skiporacle.controller.classifier import fit
 from skiporacle.oracle.choose import cheapest_matching, knapsack
 from skiporacle.cli.main import main
 
@@ -212,7 +212,7 @@ def test_controller_cli_cross_run_and_deploy(capsys, two_runs, controller_data):
 def test_deployed_outputs_equal_the_engine_under_each_chosen_allocation(two_runs, tiny_llm_dir):
     """Grouping sequences by allocation and decoding from their rows of the shared cache changes no output."""
     from skiporacle.controller.deploy import generate_with_controller
-    from skiporacle.controller.run import load_controller
+    from skiporacle.controller.controller_run import load_controller
     from skiporacle.eval.generate import generate
     from skiporacle.oracle.workers import load_model_cached
     from skiporacle.search.allocation import Allocation

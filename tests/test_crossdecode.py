@@ -142,7 +142,7 @@ def test_runs_older_than_the_decoder_setting_resume_with_the_per_candidate_decod
     import json
 
     from skiporacle.oracle.records import SETTINGS
-    from skiporacle.oracle.settings import OracleSettings, fingerprint
+    from skiporacle.oracle.oracle_settings import OracleSettings, fingerprint
 
     old = {k: v for k, v in fingerprint(OracleSettings()).items() if k != "decoder"}
     (tmp_path / SETTINGS).write_text(json.dumps(old))

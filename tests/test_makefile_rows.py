@@ -12,8 +12,8 @@ from pathlib import Path
 
 from skiporacle.cli.parsers import build_parser
 from skiporacle.data.tasks import load_task
-from skiporacle.heal.settings import DEFAULTS as HEAL
-from skiporacle.oracle.settings import DEFAULTS as ORACLE
+from skiporacle.heal.heal_settings import DEFAULTS as HEAL
+from skiporacle.oracle.oracle_settings import DEFAULTS as ORACLE
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"
 

@@ -29,7 +29,7 @@ from skiporacle.oracle.records import (
     open_run,
     read_records,
 )
-from skiporacle.oracle.candidates import parse_spaces
+from skiporacle.oracle.candidate_list import parse_spaces
 from skiporacle.oracle.choose import KnapsackCurve, cheapest_identical, cheapest_matching, knapsack
 from skiporacle.search.allocation import full, uniform
 from skiporacle.search.spaces import (
@@ -399,7 +399,7 @@ LIMIT = 6
 
 
 def _settings(tiny_llm_dir, oracle_data):
-    from skiporacle.oracle.settings import OracleSettings
+    from skiporacle.oracle.oracle_settings import OracleSettings
 
     return OracleSettings(
         model=str(tiny_llm_dir), task="file", data_file=str(oracle_data), input_field="text",
@@ -412,7 +412,7 @@ def _settings(tiny_llm_dir, oracle_data):
 @pytest.fixture(scope="module")
 def oracle_run(tiny_llm_dir, oracle_data, tmp_path_factory):
     """(out, settings, summary) of one uninterrupted run."""
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     settings = _settings(tiny_llm_dir, oracle_data)
     out = tmp_path_factory.mktemp("oracle") / "run"
@@ -558,7 +558,7 @@ def test_oracle_summary(oracle_run, oracle_data):
 
 
 def test_oracle_is_deterministic(oracle_run, tmp_path):
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     out, settings, _ = oracle_run
     again = tmp_path / "again"
@@ -569,7 +569,7 @@ def test_oracle_is_deterministic(oracle_run, tmp_path):
 
 
 def test_oracle_resume_after_interruption(oracle_run, tmp_path):
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     out, settings, _ = oracle_run
     lines = (out / ALLOCATIONS).read_bytes().splitlines(keepends=True)
@@ -601,7 +601,7 @@ def test_oracle_resume_after_interruption(oracle_run, tmp_path):
 def test_oracle_refusal_does_not_write_into_existing_run(oracle_run, tmp_path):
     """A refused run must not add or change files in the folder (here: importance.json of
     a run that did not use the importance space)."""
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     out, settings, _ = oracle_run
     plain = replace(settings, spaces=("uniform",))
@@ -614,7 +614,7 @@ def test_oracle_refusal_does_not_write_into_existing_run(oracle_run, tmp_path):
 
 
 def test_build_candidates_errors(oracle_run, tmp_path):
-    from skiporacle.oracle.candidates import build_candidates
+    from skiporacle.oracle.candidate_list import build_candidates
     from skiporacle.oracle.inputs import load_inputs
     from skiporacle.oracle.workers import load_model_cached
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skiporacle.controller.pertoken_stats import cheapest_correct, interpolate, oracle_block, token_weighted, verdict
-from skiporacle.controller.probe import auc, decide, fit_probe, member_accuracy
+from skiporacle.pertoken.study_stats import cheapest_correct, interpolate, oracle_block, token_weighted, verdict
+from skiporacle.pertoken.probe import auc, decide, fit_probe, member_accuracy
 from skiporacle.oracle.bootstrap import paired_means as paired, resample_rows
 
 
@@ -266,7 +266,7 @@ def test_extreme_taus_equal_the_fixed_allocations(study):
 def test_a_point_beyond_the_budgets_is_not_extrapolated():
     from types import SimpleNamespace
 
-    from skiporacle.controller.pertoken_stats import tau_point
+    from skiporacle.pertoken.study_stats import tau_point
 
     gen = SimpleNamespace(tokens=[[7, 8], [9]], members=[[2, 2], [1]], layers_run=[[1, 1], [2]])
     rows = np.array([[0, 1], [1, 1]])

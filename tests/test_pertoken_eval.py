@@ -1,4 +1,4 @@
-"""Per-token layer skipping (`eval/pertoken.py`, `eval/pertoken_generate.py`) against cache-free references."""
+"""Per-token layer skipping (`pertoken/token_labels.py`, `pertoken/token_generation.py`) against cache-free references."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import skiporacle.eval.pertoken_generate as pertoken_generate
+import skiporacle.pertoken.token_generation as pertoken_generate
 from skiporacle.data.errors import BadInput
-from skiporacle.eval.pertoken import per_token_labels
-from skiporacle.eval.pertoken_generate import generate_per_token, reference_per_token
+from skiporacle.pertoken.token_labels import per_token_labels
+from skiporacle.pertoken.token_generation import generate_per_token, reference_per_token
 from skiporacle.search.families import early_exit_family, importance_family
 
 from test_crossdecode import _model  # noqa: E402 (tests dir is on sys.path)

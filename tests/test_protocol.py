@@ -117,7 +117,7 @@ def _inputs(settings):
 
 
 def _settings(model_dir, data, **changes):
-    from skiporacle.oracle.settings import OracleSettings
+    from skiporacle.oracle.oracle_settings import OracleSettings
 
     settings = OracleSettings(
         model=str(model_dir), task="file", data_file=str(data), input_field="text", reference_field="summary",
@@ -131,7 +131,7 @@ def _settings(model_dir, data, **changes):
 @pytest.fixture(scope="module")
 def default_run(tiny_llm_dir, oracle_data, tmp_path_factory):
     """A single-process run with default settings, on one torch thread, three sequences per batch."""
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     out = tmp_path_factory.mktemp("default_run")
     with one_thread():
@@ -143,7 +143,7 @@ def test_a_run_older_than_the_new_options_still_resumes(tiny_llm_dir, oracle_dat
     """A settings.json without first_token, instruction and template resumes at their defaults only."""
     import shutil
 
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     run = tmp_path / "run"
     shutil.copytree(default_run, run)
@@ -162,7 +162,7 @@ def test_a_run_older_than_the_new_options_still_resumes(tiny_llm_dir, oracle_dat
 
 def test_first_token_full_oracle_run(tiny_llm_dir, oracle_data, default_run, tmp_path):
     from skiporacle.oracle.records import read_records
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     settings = _settings(tiny_llm_dir, oracle_data, first_token="full")
     with one_thread():
@@ -187,7 +187,7 @@ def test_first_token_full_oracle_run(tiny_llm_dir, oracle_data, default_run, tmp
 
 def test_generate_and_perplexity_commands_take_the_protocol(tiny_llm_dir, oracle_data, tmp_path, capsys):
     from skiporacle.cli.main import main
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     common = ["--model", str(tiny_llm_dir), "--data", str(oracle_data), "--input-field", "text",
               "--reference-field", "summary", "--id-field", "id", "--limit", "3", "--max-new-tokens", "4",
@@ -241,7 +241,7 @@ def test_in_plan_order_yields_each_result_as_soon_as_all_earlier_ones_are_out():
 
 
 def test_workers_write_the_same_bytes_as_one_process(tiny_llm_dir, oracle_data, default_run, tmp_path):
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     summary = run_oracle(_settings(tiny_llm_dir, oracle_data), tmp_path, workers=2, progress=False, threads=1)
     assert (tmp_path / "allocations.jsonl").read_bytes() == (default_run / "allocations.jsonl").read_bytes()
@@ -254,7 +254,7 @@ def test_out_of_order_batches_are_written_in_plan_order_and_a_crash_loses_nothin
     """Batches finishing out of order wait for the earlier ones; after a crash, a resume completes the same file."""
     import skiporacle.oracle.workers as workers
     from skiporacle.oracle.records import read_records
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     settings = _settings(tiny_llm_dir, oracle_data)
     expected = (default_run / "allocations.jsonl").read_bytes()
@@ -378,7 +378,7 @@ def test_instruction_replaces_the_generic_one(tiny_llm_dir, oracle_data):
 
 def test_template_for_base_models(base_llm_dir, oracle_data, tmp_path):
     from skiporacle.oracle.records import read_records
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     plain = _inputs(_settings(base_llm_dir, oracle_data, limit=2)).prompts
     assert plain == [f"### Input: {t}\n\n### Output:" for t in ORACLE_TEXTS[:2]]

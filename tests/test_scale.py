@@ -15,8 +15,8 @@ import pytest
 
 from conftest import ORACLE_MAX_NEW, ORACLE_TEXTS, one_thread
 from skiporacle.oracle.records import ALLOCATIONS, read_records
-from skiporacle.oracle.run import run_oracle
-from skiporacle.oracle.settings import OracleSettings
+from skiporacle.oracle.oracle_run import run_oracle
+from skiporacle.oracle.oracle_settings import OracleSettings
 
 SPACES = ("uniform", "early-exit", "random")
 BUDGETS = (2, 4)

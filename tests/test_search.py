@@ -93,7 +93,7 @@ def test_complete_fills_below_the_stop_in_drop_order():
 # --- whole runs on the tiny model -------------------------------------------------------------------------
 
 def _settings(tiny_llm_dir, oracle_data, **change):
-    from skiporacle.oracle.settings import OracleSettings
+    from skiporacle.oracle.oracle_settings import OracleSettings
 
     settings = OracleSettings(
         model=str(tiny_llm_dir), task="file", data_file=str(oracle_data), input_field="text",
@@ -103,7 +103,7 @@ def _settings(tiny_llm_dir, oracle_data, **change):
 
 
 def _run(settings, folder):
-    from skiporacle.oracle.run import run_oracle
+    from skiporacle.oracle.oracle_run import run_oracle
 
     with one_thread():
         summary = run_oracle(settings, folder, progress=False)

@@ -63,7 +63,7 @@ def _file(r: SpaceRequest) -> list[Allocation]:
 
 
 def _per_sequence(r: SpaceRequest) -> list[Allocation]:
-    raise BadInput("a per-sequence search has no fixed candidate list")  # oracle/run.py sends it to oracle/search.py
+    raise BadInput("a per-sequence search has no fixed candidate list")  # oracle/oracle_run.py sends it to oracle/search.py
 
 
 def _healed(r: SpaceRequest) -> list[Allocation]:

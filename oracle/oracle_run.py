@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 from skiporacle.eval.batching import plan_for
 from skiporacle.eval.device import describe
 from skiporacle.eval.generate import encode_prompts
-from skiporacle.oracle.candidates import build_candidates, pinned_candidates
+from skiporacle.oracle.candidate_list import build_candidates, pinned_candidates
 from skiporacle.oracle.inputs import load_inputs, load_named_model
 from skiporacle.oracle.records import SUMMARY, append_records, check_writable, open_run, pin_candidates
 from skiporacle.oracle.schema import make_record
-from skiporacle.oracle.settings import OracleSettings, fingerprint
+from skiporacle.oracle.oracle_settings import OracleSettings, fingerprint
 from skiporacle.oracle.summary import resummarize, summarize
 from skiporacle.oracle.search import check_search, search_plan, search_strategy
 from skiporacle.oracle.workers import run_calls, score_in_worker, scorer, usable_workers

@@ -22,7 +22,7 @@ from skiporacle.controller.evaluate import (EvalSettings, cross_validated, evalu
                                             threshold_curve)
 from skiporacle.controller.fixed import choose_tau, fair_point, nested_choices
 from skiporacle.controller.labels import Labels, load_labels
-from skiporacle.controller.model import fit, load_arrays, save_arrays
+from skiporacle.controller.classifier import fit, load_arrays, save_arrays
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import read_json_object, write_json_atomic
 from skiporacle.eval.features import FEATURE_VERSION, scalar_columns

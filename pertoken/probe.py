@@ -5,7 +5,7 @@ next token equals the full model's.
 The seed paper (Glavas et al. 2024) trained a linear layer with a Gumbel-softmax over skip decisions.
 This probe is plainer: the hidden state is standardised (mean and scale of the training tokens), and per
 member an L2-regularised logistic regression is fitted full-batch with L-BFGS from zero (deterministic,
-like `controller/model.py`, with a short history, on one torch thread: the solver's many small
+like `controller/classifier.py`, with a short history, on one torch thread: the solver's many small
 products are dominated by thread synchronisation otherwise, 10-100x slower on a busy CPU).  A member whose
 training labels are all alike gets a constant probability, (positives + 1/2) / (tokens + 1).  The L2
 strength is chosen by 3-fold cross-validation inside the training rows, with folds of whole
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from skiporacle.controller.model import _log_loss
+from skiporacle.controller.classifier import log_loss
 from skiporacle.eval.device import one_thread
 
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried, per mean-loss unit
@@ -93,7 +93,7 @@ def _choose_alpha(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
         return ALPHAS[len(ALPHAS) // 2]
     fold_of_group = {g: k % FOLDS for k, g in enumerate(distinct)}
     folds = np.array([fold_of_group[g] for g in groups])
-    losses = [sum(_log_loss(x[folds == f] @ _logistic(x[folds != f], y[folds != f], a), y[folds == f])
+    losses = [sum(log_loss(x[folds == f] @ _logistic(x[folds != f], y[folds != f], a), y[folds == f])
                   for f in range(FOLDS)) for a in ALPHAS]
     return ALPHAS[int(np.argmin(losses))]
 

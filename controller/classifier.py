@@ -67,7 +67,7 @@ def fit(features: np.ndarray, match: np.ndarray, delta: np.ndarray, scalar_colum
     shell = Fitted(mean, scale, scalar_columns, basis, np.zeros(0), np.zeros(0), 0.0, 0.0)
     x = _design(shell, features)
     y_match, y_delta = match[:, :-1].astype(np.float64), delta[:, :-1].astype(np.float64)
-    alpha_match = _choose_alpha(x, y_match, _logistic, _log_loss)
+    alpha_match = _choose_alpha(x, y_match, _logistic, log_loss)
     alpha_delta = _choose_alpha(x, y_delta, _ridge, _squared_error)
     return Fitted(mean, scale, scalar_columns, basis, _logistic(x, y_match, alpha_match),
                   _ridge(x, y_delta, alpha_delta), alpha_match, alpha_delta)
@@ -109,7 +109,7 @@ def _logistic(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
     return w.detach().numpy()
 
 
-def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
     p = np.clip(1 / (1 + np.exp(-logits)), 1e-9, 1 - 1e-9)
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).sum())
 

@@ -6,7 +6,7 @@ output token and member, whether that member alone would predict the token
 when every earlier position is the full model's: the token's state runs only
 the member's layers, while it attends, at each layer it runs, to the full
 model's keys/values of earlier positions plus its own.  Generation that
-picks a member per token lives in `eval/pertoken_generate.py`.
+picks a member per token lives in `pertoken/token_generation.py`.
 
 Shapes: B sequences of a batch, W padded width (prompt + output[:-1]), T the
 batch's longest output, D hidden, M members, N_tok labelled tokens.
@@ -23,7 +23,7 @@ from transformers import DynamicCache, PreTrainedModel
 from skiporacle.eval.batching import left_pad
 from skiporacle.eval.decode import positions, top2_margin
 from skiporacle.eval.model import decoder_layers
-from skiporacle.eval.pertoken_generate import attend, check_model
+from skiporacle.pertoken.token_generation import attend, check_model
 from skiporacle.eval.crosslanes import finish, project, rotary_function
 from skiporacle.search.families import Family
 

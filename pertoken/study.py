@@ -9,10 +9,10 @@ real skipping, on rows it never trained on:
 3. two nested families: the importance family (layers dropped in the ranking's order, layers
    0..probe_layer never dropped) and the early-exit family;
 4. the per-token oracle on the evaluation rows: teacher-forced on the full model's output, each token's
-   cheapest member whose next token is the full model's (engine: `eval.pertoken.per_token_labels`);
-5. the probe (`controller/probe.py`) trained on the training rows' labels of the importance family and
+   cheapest member whose next token is the full model's (engine: `pertoken.token_labels.per_token_labels`);
+5. the probe (`pertoken/probe.py`) trained on the training rows' labels of the importance family and
    judged against the evaluation rows' labels;
-6. generation under the probe at each tau with real skipping (`eval.pertoken.generate_per_token`);
+6. generation under the probe at each tau with real skipping (`pertoken.token_labels.generate_per_token`);
 7. the fixed-rate baseline importance:B (the family's member of B layers) with the ordinary engine, and
    per tau point the paired difference controller - fixed rate at the point's mean layers per token.
 
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from skiporacle.controller.pertoken_stats import cheapest_correct, oracle_block, tau_point, verdict
-from skiporacle.controller.pertoken_settings import Study, check_rows, refuse_shared
-from skiporacle.controller.probe import fit_probe, member_accuracy
+from skiporacle.pertoken.study_stats import cheapest_correct, oracle_block, tau_point, verdict
+from skiporacle.pertoken.study_settings import Study, check_rows, refuse_shared
+from skiporacle.pertoken.probe import fit_probe, member_accuracy
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import package_versions, write_json_atomic
 from skiporacle.data.fingerprint import content_hash
@@ -64,7 +64,7 @@ class _Phases:
 
 def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> dict:
     """Run the study into `out` (pertoken.json, pertoken.png) and return the result."""
-    from skiporacle.controller.pertoken_report import plot_pertoken
+    from skiporacle.pertoken.study_report import plot_pertoken
     from skiporacle.eval.generate import encode_prompts, eos_ids, generate, generate_candidates, output_text
     from skiporacle.eval.metrics import sequence_scores
     from skiporacle.eval.ranking import read_ranking
@@ -90,8 +90,8 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
         raise BadInput(f"--budgets {study.budgets!r}: every budget must keep the probe's layers 0-{study.probe_layer} "
                        f"(use {study.probe_layer + 1}-{n})")
     ranking = read_ranking(Path(study.importance), settings.model, n)
-    from skiporacle.eval.pertoken import kv_fill_fraction, per_token_labels
-    from skiporacle.eval.pertoken_generate import generate_per_token
+    from skiporacle.pertoken.token_labels import kv_fill_fraction, per_token_labels
+    from skiporacle.pertoken.token_generation import generate_per_token
     from skiporacle.search.families import early_exit_family, importance_family
 
     family = importance_family(tuple(ranking["drop_order"]), n, keep=tuple(range(study.probe_layer + 1)))

@@ -1,7 +1,7 @@
 """Greedy generation that picks a layer allocation per generated token, and its cache-free reference.
 
 A `decide` function looks at each token's hidden state after layer
-`probe_layer` and picks one member of a nested `Family` (see `eval/pertoken.py`);
+`probe_layer` and picks one member of a nested `Family` (see `pertoken/token_labels.py`);
 the token then runs that member's layers only.  Every member keeps layers
 0..probe_layer, so the decision comes for free from the token's own pass.
 
