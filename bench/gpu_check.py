@@ -60,6 +60,7 @@ def _sync(device: str) -> None:
 
 def engine_against_plain(model32, model16, tokenizer, prompts, allocations, new: int) -> dict:
     """Wall time of the plain loop and of the engine (float32, and bfloat16), with output agreement."""
+    from skiporacle.eval.decode_protocol import DecodeProtocol
     from skiporacle.eval.generate import generate_candidates
 
     device = model32.device.type
@@ -69,7 +70,7 @@ def engine_against_plain(model32, model16, tokenizer, prompts, allocations, new:
     columns = []
     for allocation in allocations:
         margins.append([])
-        columns.append(generate_candidates(model32, tokenizer, prompts, [allocation], new, decoder="per-candidate",
+        columns.append(generate_candidates(model32, tokenizer, prompts, [allocation], DecodeProtocol(new, decoder="per-candidate"),
                                            margins=margins[-1]))
     _sync(device)
     plain_s = time.perf_counter() - start
@@ -81,7 +82,7 @@ def engine_against_plain(model32, model16, tokenizer, prompts, allocations, new:
     for name, model in (("engine_float32", model32), ("engine_bfloat16", model16)):
         _sync(device)
         start = time.perf_counter()
-        outputs = generate_candidates(model, tokenizer, prompts, allocations, new, decoder="together")
+        outputs = generate_candidates(model, tokenizer, prompts, allocations, DecodeProtocol(new))
         _sync(device)
         seconds = time.perf_counter() - start
         pairs = [(ref, got.tokens, tie) for r_row, g_row, t_row in zip(reference, outputs, ties)

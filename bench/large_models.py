@@ -32,6 +32,7 @@ from large_configs import LARGE_CONFIGS, build_config  # noqa: E402  (the config
 from skiporacle.eval.batching import left_pad  # noqa: E402
 from skiporacle.eval.decode import prefill  # noqa: E402
 from skiporacle.eval.device import default_dtype, describe, resolve_device  # noqa: E402
+from skiporacle.eval.decode_protocol import DecodeProtocol  # noqa: E402
 from skiporacle.eval.generate import generate_batch  # noqa: E402
 from skiporacle.eval.memory import GIB, parameter_count  # noqa: E402
 from skiporacle.eval.model import load_model, num_layers  # noqa: E402
@@ -84,7 +85,7 @@ def measure(name: str, dtype: str, device: torch.device, prompts: int, candidate
     allocations = [full(n), uniform(round(0.75 * n), n), uniform(round(0.5 * n), n)][:candidates]
     generator = torch.Generator().manual_seed(1)
     rows = torch.randint(10, config.vocab_size - 10, (prompts, prompt_tokens), generator=generator).tolist()
-    generate_batch(model, rows[:1], allocations[:1], 2, frozenset(), 0)  # warm-up
+    generate_batch(model, rows[:1], allocations[:1], DecodeProtocol(2, eos=frozenset()), 0)  # warm-up
     ids, mask = left_pad(rows, 0, model.device)
     sync(device)
     start = time.perf_counter()
@@ -96,7 +97,7 @@ def measure(name: str, dtype: str, device: torch.device, prompts: int, candidate
     for decoder in ("together", "per-candidate"):
         sync(device)
         start = time.perf_counter()
-        out = generate_batch(model, rows, allocations, new_tokens, frozenset(), 0, decoder=decoder)
+        out = generate_batch(model, rows, allocations, DecodeProtocol(new_tokens, decoder=decoder, eos=frozenset()), 0)
         sync(device)
         timings[decoder] = time.perf_counter() - start
     generated = sum(len(t) for row in out for t in row)

@@ -18,6 +18,7 @@ import torch
 
 from skiporacle.data.prompts import fit_prompt
 from skiporacle.data.tasks import load_task
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.generate import generate
 from skiporacle.eval.teacher_forcing import teacher_forced_passes
 from skiporacle.data.prompts import prompt_budget
@@ -50,8 +51,8 @@ def main() -> None:
     prompts = [fit_prompt(task, e, tokenizer, budget)[0] for e in examples]
     n_layers = model.config.num_hidden_layers
     for allocation in (full(n_layers), parse_spec(args.layers, n_layers)):
-        batched = generate(model, tokenizer, prompts, allocation, args.max_new_tokens)
-        single = [generate(model, tokenizer, [p], allocation, args.max_new_tokens)[0] for p in prompts]
+        batched = generate(model, tokenizer, prompts, allocation, DecodeProtocol(args.max_new_tokens))
+        single = [generate(model, tokenizer, [p], allocation, DecodeProtocol(args.max_new_tokens))[0] for p in prompts]
         differ, ties = [], 0
         for i, (a, b) in enumerate(zip(batched, single)):
             if a.tokens == b.tokens:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.generate import encode_prompts, generate_candidates
 from skiporacle.eval.device import describe, resolve_device
 from skiporacle.eval.model import decoder_layers, load_model
@@ -110,19 +111,19 @@ def main() -> None:
     start = time.perf_counter()
     for allocation in allocations:
         column_margins.append([])
-        columns.append(generate_candidates(model, tokenizer, prompts, [allocation], new, decoder="per-candidate",
+        columns.append(generate_candidates(model, tokenizer, prompts, [allocation], DecodeProtocol(new, decoder="per-candidate"),
                                            margins=column_margins[-1]))
     runs["plain"] = (time.perf_counter() - start, [[col[i][0] for col in columns] for i in range(len(prompts))])
     margins = [[m[i][0] for m in column_margins] for i in range(len(prompts))]  # [sequence][allocation][token]
     for path in args.paths.split(","):
         if path in ("per-candidate", "together"):
             start = time.perf_counter()
-            outputs = generate_candidates(model, tokenizer, prompts, allocations, new, decoder=path)
+            outputs = generate_candidates(model, tokenizer, prompts, allocations, DecodeProtocol(new, decoder=path))
             runs[path] = (time.perf_counter() - start, outputs)
         elif path == "bf16":
             half, _ = load_model(args.model, torch.bfloat16, device)
             start = time.perf_counter()
-            outputs = generate_candidates(half, tokenizer, prompts, allocations, new, decoder="together")
+            outputs = generate_candidates(half, tokenizer, prompts, allocations, DecodeProtocol(new))
             runs["together, bfloat16"] = (time.perf_counter() - start, outputs)
 
     plain_s, reference = runs["plain"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from skiporacle.data.tasks import max_new_tokens_defaults
+from skiporacle.eval.decode_protocol import DECODERS, FIRST_TOKEN_RULES
 from skiporacle.oracle.oracle_settings import DEFAULTS
 
 
@@ -64,12 +65,12 @@ def add_model_args(p: argparse.ArgumentParser, title: str = "model and decoding"
 
 def add_decoding_args(p: argparse.ArgumentParser) -> None:
     """The generation protocol (--first-token) and the decoder that carries it out (--decoder)."""
-    p.add_argument("--first-token", choices=("allocation", "full"), default=DEFAULTS.first_token,
+    p.add_argument("--first-token", choices=FIRST_TOKEN_RULES, default=DEFAULTS.first_token,
                    help=("who predicts the first generated token. allocation (default): the full model reads the prompt "
                          "but its last token, and the allocation reads that token and predicts every generated token. "
                          "full: the full model reads the whole prompt and predicts the first generated token; the "
                          "allocation reads it and predicts the rest"))
-    p.add_argument("--decoder", choices=("together", "per-candidate"), default=DEFAULTS.decoder,
+    p.add_argument("--decoder", choices=DECODERS, default=DEFAULTS.decoder,
                    help=("together (default): one decode loop advances every candidate of a batch, each layer run once "
                          "on the rows that keep it, attention over the shared prompt cache done once per sequence "
                          "(Llama, Mistral, Qwen2, Qwen3 layouts; others fall back). per-candidate: the reference path, "

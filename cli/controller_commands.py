@@ -7,7 +7,7 @@ import time
 from functools import lru_cache, partial
 from pathlib import Path
 
-from skiporacle.cli.run_settings import device_of, settings_from_args
+from skiporacle.cli.run_settings import placement_of, settings_from_args
 from skiporacle.controller.deploy import generate_with_controller
 from skiporacle.controller.evaluate import EvalSettings
 from skiporacle.pertoken.study import run_pertoken
@@ -16,6 +16,7 @@ from skiporacle.pertoken.study_settings import parse_taus, Study
 from skiporacle.controller.controller_run import load_controller, run_controller
 from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import content_hash
+from skiporacle.eval.decode_protocol import DecodeProtocol, protocol_of
 from skiporacle.eval.generate import generate as run_generate
 from skiporacle.eval.metrics import sequence_scores
 from skiporacle.oracle.candidate_list import pinned_allocations
@@ -34,7 +35,7 @@ def controller(args: argparse.Namespace) -> int:
     run = Path(args.run)
     out = Path(args.out) if args.out else run / ("controller" if not args.train else f"controller-from-{Path(args.train).name}")
     settings = EvalSettings(tolerance=args.tolerance, folds=args.folds, seed=args.seed, resamples=args.resamples)
-    load = lru_cache(maxsize=1)(partial(load_named_model, device=device_of(args)))  # the train and test runs share a model
+    load = lru_cache(maxsize=1)(partial(load_named_model, device=placement_of(args).device))  # the train and test runs share a model
     result = run_controller(run, out, Path(args.train) if args.train else None, settings, load)
     lo_hi = result["intervals"]
     print(f"skiporacle: {result['mode']} on {result['sequences']} sequences of {run} "
@@ -82,9 +83,13 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
                        f"{settings.model!r} has {inputs.num_layers}")
     if stored["model"] != settings.model:
         raise BadInput(f"controller {args.controller!r} was trained on model {stored['model']!r}, not {settings.model!r}")
-    protocol = getattr(settings, "first_token", "allocation")
-    if protocol != stored.get("first_token", "allocation") or protocol != "allocation":
-        raise BadInput(f"--controller deploys under --first-token allocation, the protocol of its labels; got {protocol!r}")
+    protocol = settings.protocol
+    if protocol.first_token != protocol_of(stored).first_token or protocol.first_token != "allocation":
+        raise BadInput(f"--controller deploys under --first-token allocation, the protocol of its labels; "
+                       f"got {protocol.first_token!r}")
+    if not protocol.shares_prompt:
+        raise BadInput("--controller decodes with the prompt read by the full model, the protocol of its labels; "
+                       "drop --prompt-under-allocation")
     seen = set(stored["train_content_hashes"]) & {content_hash(p) for p in inputs.prompts}
     if seen:
         raise BadInput(f"{len(seen)} of these prompts were among the controller's training rows (by content); "
@@ -92,12 +97,11 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
     tau = stored["tau"] if args.tau is None else args.tau
     n = inputs.num_layers
     allocations = pinned_allocations(stored["candidates"], n)
-    run_generate(model, tokenizer, inputs.prompts[:1], full(n), 2)  # warm-up: neither timed path pays first-call costs
+    run_generate(model, tokenizer, inputs.prompts[:1], full(n), DecodeProtocol(2))  # warm-up: neither timed path pays first-call costs
     deployed = generate_with_controller(model, tokenizer, inputs.prompts, allocations, fitted, tau,
-                                        settings.max_new_tokens, settings.batch_size)
+                                        protocol, settings.batch_size)
     start = time.perf_counter()
-    baseline = run_generate(model, tokenizer, inputs.prompts, full(n), settings.max_new_tokens,
-                            max_batch=settings.batch_size)
+    baseline = run_generate(model, tokenizer, inputs.prompts, full(n), protocol, max_batch=settings.batch_size)
     full_seconds = time.perf_counter() - start
     texts = [g.text for g in deployed.generations]
     scored = inputs.scored_references()
@@ -129,8 +133,8 @@ def pertoken(args: argparse.Namespace) -> int:
     study = Study(train_offset=args.train_offset, train_limit=args.train_limit, importance=args.importance,
                   probe_layer=args.probe_layer, taus=parse_taus(args.taus), budgets=args.budgets, seed=args.seed,
                   resamples=args.resamples)
-    device = device_of(args)
-    settings = settings_from_args(args, device=device)
+    device = placement_of(args).device
+    settings = settings_from_args(args)
     name = Path(args.data).stem if args.data else args.task.replace(":", "-")
     out = Path(args.out or f"runs/pertoken-{name}")
     result = run_pertoken(settings, study, out, device)

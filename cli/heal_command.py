@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
+from skiporacle.cli.run_settings import placement_of
 from skiporacle.data.errors import BadInput
 from skiporacle.data.prompts import fit_prompt, prompt_budget
-from skiporacle.eval.device import resolve_device
 from skiporacle.eval.model import EMBEDDED_MODELS, load_model, num_layers
 from skiporacle.eval.ranking import cached_drop_order
 from skiporacle.heal.distil import HealSettings, heal as run_heal, refuse_existing
@@ -34,7 +34,7 @@ def heal(args: argparse.Namespace) -> int:
     out = Path(args.out)
     refuse_existing(out)  # before the model loads and the layers are ranked
     model_name = args.model if args.model in EMBEDDED_MODELS else str(Path(args.model).resolve())
-    device = resolve_device(getattr(args, "device", None))
+    device = placement_of(args).device
     model, tokenizer = load_model(model_name, torch.float32, device)  # weights float32 on any device; --bf16 autocasts
     n = num_layers(model)
     calibration: tuple[str, ...] = ()

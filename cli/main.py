@@ -14,6 +14,7 @@ from typing import Callable
 
 from skiporacle.cli import controller_commands, heal_command, model_commands, run_folder_commands
 from skiporacle.cli.parsers import build_parser
+from skiporacle.cli.run_settings import placement_of
 from skiporacle.data.errors import BadInput, RunStopped
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if hasattr(args, "device"):
-            model_commands.device_of(args)  # a device not usable here is refused before any work
+            placement_of(args)  # a device not usable here is refused before any work
         return COMMANDS[args.command](args)
     except BadInput as err:
         print(f"skiporacle: error: {err}", file=sys.stderr)

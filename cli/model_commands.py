@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from skiporacle.cli.controller_commands import deploy
-from skiporacle.cli.run_settings import device_of, replace_settings, settings_from_args
+from skiporacle.cli.run_settings import placement_of, replace_settings, settings_from_args
 from skiporacle.eval.generate import generate as run_generate
 from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
 from skiporacle.eval.ranking import cached_drop_order
@@ -26,8 +26,8 @@ def generate(args: argparse.Namespace) -> int:
     """Greedy outputs under one allocation, each with its score, then the mean."""
     if not args.controller:
         check_spec(args.layers)
-    device = device_of(args)
-    settings = settings_from_args(args, device=device)
+    device = placement_of(args).device
+    settings = settings_from_args(args)
     model, tokenizer = load_named_model(settings.model, settings.dtype, device)
     inputs = load_inputs(settings, model, tokenizer)
     if args.controller:
@@ -35,9 +35,8 @@ def generate(args: argparse.Namespace) -> int:
         return deploy(args, settings, inputs, model, tokenizer)
     allocation = parse_spec(args.layers, inputs.num_layers)
     start = time.perf_counter()
-    outputs = run_generate(model, tokenizer, inputs.prompts, allocation, settings.max_new_tokens,
-                           settings.prompt_under_allocation, progress=True, max_batch=settings.batch_size,
-                           first_token=settings.first_token, decoder=settings.decoder)
+    outputs = run_generate(model, tokenizer, inputs.prompts, allocation, settings.protocol, progress=True,
+                           max_batch=settings.batch_size)
     seconds = time.perf_counter() - start
     texts = [g.text for g in outputs]
     scored = inputs.scored_references()
@@ -60,8 +59,8 @@ def oracle(args: argparse.Namespace) -> int:
     """Run or resume the oracle search into --out."""
     spaces = tuple(parse_spaces(args.space))
     budgets = tuple(parse_budgets(args.budgets))
-    device = device_of(args)
-    settings = settings_from_args(args, spaces, budgets, device)
+    device = placement_of(args).device
+    settings = settings_from_args(args, spaces, budgets)
     if args.scheduler:
         check_scheduler(args.scheduler)
     out = Path(args.out)
@@ -100,8 +99,8 @@ def _ci(interval, unit: str) -> str:
 
 def rank(args: argparse.Namespace) -> int:
     """Rank the layers by importance on fixed rows; write the ranking for `oracle --importance`."""
-    device = device_of(args)
-    settings = settings_from_args(args, device=device)
+    device = placement_of(args).device
+    settings = settings_from_args(args)
     model, tokenizer = load_named_model(settings.model, settings.dtype, device)
     inputs = load_inputs(replace_settings(settings, calibration=0), model, tokenizer)
     target = Path(args.out)

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from skiporacle.cli.run_settings import device_of
+from skiporacle.cli.run_settings import placement_of
+from skiporacle.eval.decode_protocol import protocol_of
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import write_json_atomic
 from skiporacle.eval.similarity import similarity
@@ -72,7 +73,7 @@ def curves(args: argparse.Namespace) -> int:
     print(f"skiporacle: wrote {csv_path} and {png_path}")
     if args.similarity > 0:
 
-        model, tokenizer = load_named_model(settings["model"], settings["dtype"], device_of(args))
+        model, tokenizer = load_named_model(settings["model"], settings["dtype"], placement_of(args).device)
         n_layers = records[0]["full"]["cost"]
         budgets = [b for b in settings["budgets"] if b < n_layers]
         sims = similarity(model, tokenizer, records[: args.similarity], budgets)
@@ -89,7 +90,7 @@ def report(args: argparse.Namespace) -> int:
 def plausibility(args: argparse.Namespace) -> int:
     """The full model's NLL of every output of a run (RUN/plausibility.json), then the summary again."""
     out = Path(args.run)
-    write_plausibility(out, args.margin, partial(load_named_model, device=device_of(args)))
+    write_plausibility(out, args.margin, partial(load_named_model, device=placement_of(args).device))
     guard = resummarize(out).get("guarded")  # the guard's own rule decides what counts as plausible
     if guard is None:
         print(f"skiporacle: wrote {out / 'plausibility.json'}; summary.json has no guarded block (see guarded_skipped)")
@@ -108,12 +109,12 @@ def perplexity(args: argparse.Namespace) -> int:
         raise BadInput(f"{str(out)!r} holds no finished sequence yet")
     n = records[0]["full"]["cost"]
     allocations = pinned_allocations(settings["candidates"], n)
-    model, tokenizer = load_named_model(settings["model"], settings["dtype"], device_of(args))
+    model, tokenizer = load_named_model(settings["model"], settings["dtype"], placement_of(args).device)
     targets = [tokenizer(r["references"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
                for r in records]
     start = time.perf_counter()
     nlls = teacher_forced_passes(model, tokenizer, [r["prompt"] for r in records], targets, allocations, nll,
-                                 first_token=settings.get("first_token", "allocation"))
+                                 first_token=protocol_of(settings).first_token)
     tokens = sum(map(len, targets))
     table = [{"spec": a.spec, "cost": a.cost, "perplexity": math.exp(sum(row[k] for row in nlls) / tokens)}
              for k, a in enumerate(allocations)]

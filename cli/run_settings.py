@@ -7,19 +7,22 @@ from dataclasses import replace
 
 from skiporacle.data.errors import BadInput
 from skiporacle.data.tasks import check_prompt_options
-from skiporacle.eval.device import default_dtype, resolve_device
+from skiporacle.eval.device import Placement, resolve_placement
 from skiporacle.eval.metrics import METRICS
 from skiporacle.oracle.inputs import load_examples
 from skiporacle.oracle.oracle_settings import DEFAULTS, OracleSettings
 
 
-def device_of(args: argparse.Namespace) -> str:
-    """The device named by --device (default auto), checked: BadInput for one not usable here."""
-    return str(resolve_device(getattr(args, "device", None)))
+def placement_of(args: argparse.Namespace) -> Placement:
+    """The placement named by --device (default auto) and --dtype, resolved once per command and kept on
+    `args`: BadInput for a device not usable here."""
+    if getattr(args, "placement", None) is None:
+        args.placement = resolve_placement(getattr(args, "device", None), getattr(args, "dtype", None))
+    return args.placement
 
 
-def settings_from_args(args: argparse.Namespace, spaces: tuple[str, ...] = (), budgets: tuple[int, ...] = (),
-                       device: str | None = None) -> OracleSettings:
+def settings_from_args(args: argparse.Namespace, spaces: tuple[str, ...] = (),
+                       budgets: tuple[int, ...] = ()) -> OracleSettings:
     """The run's settings from the arguments; --dtype defaults to the device's (float32 on the CPU)."""
     for name, value, low in (("--limit", args.limit, 1), ("--offset", args.offset, 0),
                              ("--max-new-tokens", args.max_new_tokens, 1),
@@ -37,10 +40,10 @@ def settings_from_args(args: argparse.Namespace, spaces: tuple[str, ...] = (), b
         model=args.model, task=args.task if not args.data else "file", data_file=args.data,
         input_field=args.input_field, reference_field=args.reference_field, id_field=args.id_field,
         limit=args.limit, offset=args.offset, spaces=spaces, budgets=budgets, metric=args.metric or "",
-        max_new_tokens=args.max_new_tokens or 0, dtype=args.dtype or default_dtype(device or device_of(args)), seed=getattr(args, "seed", 0),
+        max_new_tokens=args.max_new_tokens or 0, dtype=placement_of(args).dtype, seed=getattr(args, "seed", 0),
         tolerance=getattr(args, "tolerance", 0.0), calibration=getattr(args, "calibration", 0),
         prompt_under_allocation=args.prompt_under_allocation, batch_size=args.batch_size,
-        importance_file=getattr(args, "importance", None), first_token=getattr(args, "first_token", "allocation"),
+        importance_file=getattr(args, "importance", None), first_token=getattr(args, "first_token", DEFAULTS.first_token),
         instruction=getattr(args, "instruction", None), template=getattr(args, "template", None),
         decoder=getattr(args, "decoder", DEFAULTS.decoder),
         **{k: getattr(args, k) for k in ("search_rule", "search_generate", "search_width", "search_evaluations")

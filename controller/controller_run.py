@@ -25,6 +25,7 @@ from skiporacle.controller.labels import Labels, load_labels
 from skiporacle.controller.classifier import fit, load_arrays, save_arrays
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import read_json_object, write_json_atomic
+from skiporacle.eval.decode_protocol import protocol_of
 from skiporacle.eval.features import FEATURE_VERSION, scalar_columns
 from skiporacle.oracle.records import SUMMARY
 
@@ -173,7 +174,7 @@ def save_controller(folder: Path, fitted, train: Labels, settings: EvalSettings,
         "tolerance": settings.tolerance, "guarded_labels": guarded, "train_run": train.run,
         "train_ids": train.ids, "train_content_hashes": sorted(train.content_hashes()),
         "max_new_tokens": train.settings["max_new_tokens"], "task": train.settings["task"],
-        "first_token": train.settings.get("first_token", "allocation"),
+        "first_token": protocol_of(train.settings).first_token,
     })
 
 

@@ -23,7 +23,8 @@ from skiporacle.controller.classifier import Fitted
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.features import prefill_features
 from skiporacle.eval.batching import left_pad, plan_for
-from skiporacle.eval.generate import Generation, encode_prompts, eos_ids, greedy_decode, output_text
+from skiporacle.eval.decode_protocol import DecodeProtocol
+from skiporacle.eval.generate import Generation, encode_prompts, greedy_decode, output_text, with_model_eos
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
@@ -47,12 +48,16 @@ def rows_of(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
 @torch.inference_mode()
 def generate_with_controller(
     model: PreTrainedModel, tokenizer, prompts: Sequence[str], allocations: Sequence[Allocation], fitted: Fitted,
-    tau: float, max_new_tokens: int, max_batch: int = 0,
+    tau: float, protocol: DecodeProtocol, max_batch: int = 0,
 ) -> Deployed:
-    """Greedy outputs, each under the allocation the controller picks from its prompt (threshold `tau`)."""
+    """Greedy outputs, each under the allocation the controller picks from its prompt (threshold `tau`), under
+    `protocol` with first-token rule "allocation" and the prompt read by the full model (the labels' protocol)."""
+    if protocol.first_token != "allocation" or not protocol.shares_prompt:
+        raise ValueError(f"a controller deploys under its labels' protocol, not {protocol}")
     start = time.perf_counter()
     rows = encode_prompts(tokenizer, prompts)
-    eos = eos_ids(model, tokenizer)
+    protocol = with_model_eos(protocol, model, tokenizer)
+    eos, max_new_tokens = protocol.eos, protocol.max_new_tokens
     costs = [a.cost for a in allocations]
     outputs: list[Generation | None] = [None] * len(prompts)
     choices = [0] * len(prompts)

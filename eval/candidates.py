@@ -7,7 +7,8 @@ from typing import Sequence
 
 from transformers import PreTrainedModel
 
-from skiporacle.eval.generate import Generation, eos_ids, generate_batch, generate_candidates, output_text
+from skiporacle.eval.decode_protocol import DecodeProtocol
+from skiporacle.eval.generate import Generation, generate_batch, output_text, with_model_eos
 from skiporacle.eval.metrics import sequence_scores
 from skiporacle.search.allocation import Allocation
 
@@ -29,42 +30,14 @@ def score_batch(
     references: Sequence[Sequence[str]],
     allocations: Sequence[Allocation],
     metric: str,
-    max_new_tokens: int,
-    prompt_under_allocation: bool = False,
-    first_token: str = "allocation",
+    protocol: DecodeProtocol,
     bar=None,
-    decoder: str = "together",
 ) -> list[list[Candidate]]:
     """Candidates [sequence][allocation] of one planned batch of prompt token rows (see `generate_batch`)."""
-    eos = eos_ids(model, tokenizer)
-    generated = generate_batch(model, rows, allocations, max_new_tokens, eos, tokenizer.pad_token_id,
-                               prompt_under_allocation, first_token, bar, decoder)
-    gens = [[Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in row] for row in generated]
+    protocol = with_model_eos(protocol, model, tokenizer)
+    generated = generate_batch(model, rows, allocations, protocol, tokenizer.pad_token_id, bar)
+    gens = [[Generation(tokens, output_text(tokenizer, tokens, protocol.eos)) for tokens in row] for row in generated]
     return scored(gens, references, allocations, metric)
-
-
-def score_candidates(
-    model: PreTrainedModel,
-    tokenizer,
-    prompts: Sequence[str],
-    references: Sequence[Sequence[str]],
-    allocations: Sequence[Allocation],
-    metric: str,
-    max_new_tokens: int,
-    prompt_under_allocation: bool = False,
-    progress: bool = False,
-    max_batch: int = 0,
-    first_token: str = "allocation",
-) -> list[list[Candidate]]:
-    """Candidates [sequence][allocation]: greedy outputs scored against the references.
-
-    `first_token` says who predicts each first generated token (see `generate_candidates`).
-    """
-    generations = generate_candidates(
-        model, tokenizer, prompts, allocations, max_new_tokens, prompt_under_allocation, progress, max_batch,
-        first_token,
-    )
-    return scored(generations, references, allocations, metric)
 
 
 def scored(generations: Sequence[Sequence[Generation]], references: Sequence[Sequence[str]],

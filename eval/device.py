@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +33,22 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     if colon and int(index) >= count:
         raise BadInput(f"--device {spec}: only {count} GPU(s) visible (cuda:0 to cuda:{count - 1})")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs and in what precision: a checked device name ("cpu", "cuda", "cuda:1") and a dtype
+    name ("float32", "bfloat16"); resolved once per command (`resolve_placement`)."""
+
+    device: str
+    dtype: str
+
+
+def resolve_placement(device: str | None = "auto", dtype: str | None = None) -> Placement:
+    """The placement named by --device and --dtype: BadInput for a device not usable here; the dtype
+    defaults to the device's (`default_dtype`)."""
+    where = resolve_device(device)
+    return Placement(str(where), dtype or default_dtype(where))
 
 
 def default_dtype(device: torch.device | str) -> str:

@@ -1,18 +1,11 @@
-"""Batched greedy generation under layer allocations.
+"""Batched greedy generation under layer allocations, under one `DecodeProtocol`.
 
-Protocol: the prompt's key/value cache is built by the full model, and
-`first_token` says who predicts the first generated token:
-- "allocation" (the default): the full model prefills all prompt tokens but the
-  last; each allocation reads the last prompt token itself, so every generated
-  token, the first included, is the allocation's prediction;
-- "full": the full model reads the whole prompt and predicts the first
-  generated token (once per batch, shared by every allocation); each allocation
-  reads that token and predicts the rest.
-
-Because the prompt cache does not depend on the allocation, it is computed once
-per batch of sequences and shared by every candidate allocation
-(`generate_candidates`).  The plain path, one generation per allocation with
-the prompt re-read each time, is the same call with one allocation at a time.
+The prompt's key/value cache does not depend on the allocation under the
+default protocol (the full model reads the prompt; see `decode_protocol`), so
+it is computed once per batch of sequences and shared by every candidate
+allocation (`generate_candidates`).  The plain path, one generation per
+allocation with the prompt re-read each time, is the same call with one
+allocation at a time.
 
 Shapes: B = sequences in a batch, P = padded prompt length, V = vocabulary.
 """
@@ -28,13 +21,12 @@ from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.batching import left_pad, plan_batches, plan_for, split_on_oom  # noqa: F401 (plan_batches re-exported)
 from skiporacle.eval.cache import AllocationCache
+from skiporacle.eval.decode_protocol import DecodeProtocol, FirstToken
 from skiporacle.eval.crossdecode import decode_candidates, unsupported_reason
 from skiporacle.eval.decode import decode_after, greedy_decode, positions, prefill, prefill_predict, prefill_shared, top2_margin  # noqa: F401 (re-exported)
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
 
-FIRST_TOKEN = ("allocation", "full")  # who predicts the first generated token (see above)
-DECODERS = ("together", "per-candidate")  # all allocations in one decode loop, or one after another (reference)
 
 
 @dataclass(frozen=True)
@@ -65,64 +57,58 @@ def generate_batch(
     model: PreTrainedModel,
     rows: Sequence[Sequence[int]],
     allocations: Sequence[Allocation],
-    max_new_tokens: int,
-    eos: frozenset[int],
+    protocol: DecodeProtocol,
     pad_id: int,
-    prompt_under_allocation: bool = False,
-    first_token: str = "allocation",
     bar=None,
-    decoder: str = "together",
     margins: list | None = None,
 ) -> list[list[tuple[int, ...]]]:
     """Generated token ids [sequence][allocation] of one planned batch of prompt token rows.
 
     The batch is run as given (one left-padded prefill), never re-planned: the
     caller plans once (`plan_batches`) and every result depends only on its
-    batch.  `decoder` "together" advances all allocations in one decode loop
+    batch.  The "together" decoder advances all allocations in one decode loop
     (`crossdecode`) where the layout allows and the prompt cache is shared;
     otherwise, and with "per-candidate" (the reference path), each allocation
-    decodes on its own layer view.  `bar`, if given, advances by the batch
-    size per allocation.  `margins`, if given (a list), gets per sequence and
-    allocation the top-2 logit margin of every generated token; it forces the
-    per-candidate path (the reference whose near-ties the benches count).
+    decodes on its own layer view.  `protocol` must carry its EOS ids.  `bar`,
+    if given, advances by the batch size per allocation.  `margins`, if given
+    (a list), gets per sequence and allocation the top-2 logit margin of every
+    generated token; it forces the per-candidate path (the reference whose
+    near-ties the benches count).
     """
-    if first_token not in FIRST_TOKEN:
-        raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    eos, new, full_first = protocol.stop_ids(), protocol.max_new_tokens, protocol.first_token == "full"
     ids, mask = left_pad(rows, pad_id, model.device)
-    together = (decoder == "together" and not prompt_under_allocation and margins is None
-                and unsupported_reason(model, ids.shape[1] + max_new_tokens) is None)
+    together = (protocol.decoder == "together" and protocol.shares_prompt and margins is None
+                and unsupported_reason(model, ids.shape[1] + new) is None)
     if together:
-        out = _decode_together(model, ids, mask, allocations, max_new_tokens, eos, first_token)
+        out = _decode_together(model, ids, mask, allocations, protocol)
         if bar is not None:
             bar.update(len(rows) * len(allocations))
         return out
     out: list[list[tuple[int, ...]]] = [[] for _ in rows]
     shared = None
-    if first_token == "full" or not prompt_under_allocation:  # the full model reads the prompt
-        shared, _, logits = _prefill_prompt(model, ids, mask, first_token)
-    if first_token == "full":
+    if full_first or protocol.shares_prompt:  # the full model reads the prompt
+        shared, _, logits = prefill_prompt(model, ids, mask, protocol.first_token)
+    if full_first:
         first, first_gaps = logits.argmax(-1), top2_margin(logits).tolist()
-    if prompt_under_allocation:
+    if not protocol.shares_prompt:
         shared = None
     steps: list[list[list[float]]] = [[] for _ in rows]
     for allocation in allocations:
         view = allocation_view(model, allocation)
         gaps: list[list[float]] | None = [[] for _ in rows] if margins is not None else None
-        cache = AllocationCache(allocation.layers, shared, reserve=max_new_tokens + 1)
-        if first_token == "full":
+        cache = AllocationCache(allocation.layers, shared, reserve=new + 1)
+        if full_first:
             if shared is None:
                 prefill(view, ids, mask, cache)
-            generated = decode_after(view, cache, first, mask, max_new_tokens, eos, gaps)
+            generated = decode_after(view, cache, first, mask, new, eos, gaps)
         else:
             if shared is None:
                 prefill(view, ids[:, :-1], mask[:, :-1], cache)
-            generated = greedy_decode(view, cache, ids[:, -1], mask, max_new_tokens, eos, gaps)
+            generated = greedy_decode(view, cache, ids[:, -1], mask, new, eos, gaps)
         for row, tokens in zip(out, generated):
             row.append(tuple(tokens))
         for b, gap in enumerate(gaps or []):
-            steps[b].append(([first_gaps[b]] if first_token == "full" and max_new_tokens > 0 else []) + gap)
+            steps[b].append(([first_gaps[b]] if full_first and new > 0 else []) + gap)
         if bar is not None:
             bar.update(len(rows))
     if margins is not None:
@@ -130,10 +116,10 @@ def generate_batch(
     return out
 
 
-def _prefill_prompt(model, ids, mask, first_token) -> tuple[DynamicCache, torch.Tensor, torch.Tensor | None]:
-    """The full model's shared prompt cache under the `first_token` protocol, the mask [B, P] it covers, and
-    (protocol "full") its logits [B, V] for the first generated token; protocol "allocation" leaves the
-    last prompt token out, for each allocation to read."""
+def prefill_prompt(model, ids, mask, first_token: FirstToken) -> tuple[DynamicCache, torch.Tensor, torch.Tensor | None]:
+    """The full model's shared prompt cache of ids [B, P], the mask it covers, and (first-token rule "full")
+    its logits [B, V] for the first generated token; rule "allocation" leaves the last prompt token out, for
+    each allocation to read."""
     if first_token == "full":
         cache, logits = prefill_shared(model, ids, mask, predict=True)
         return cache, mask, logits
@@ -141,17 +127,18 @@ def _prefill_prompt(model, ids, mask, first_token) -> tuple[DynamicCache, torch.
     return cache, mask[:, :-1], None
 
 
-def _decode_together(model, ids, mask, allocations, max_new_tokens, eos, first_token) -> list[list[tuple[int, ...]]]:
+def _decode_together(model, ids, mask, allocations, protocol: DecodeProtocol) -> list[list[tuple[int, ...]]]:
     """`generate_batch` with every allocation decoded in one loop over the shared full-model prompt cache."""
-    if first_token == "full" and max_new_tokens <= 0:
+    eos, new, full_first = protocol.stop_ids(), protocol.max_new_tokens, protocol.first_token == "full"
+    if full_first and new <= 0:
         return [[()] * len(allocations) for _ in range(len(ids))]
-    cache, prefix_mask, logits = _prefill_prompt(model, ids, mask, first_token)
+    cache, prefix_mask, logits = prefill_prompt(model, ids, mask, protocol.first_token)
     if logits is None:
-        generated = decode_candidates(model, allocations, cache, prefix_mask, ids[:, -1], max_new_tokens, eos)
+        generated = decode_candidates(model, allocations, cache, prefix_mask, ids[:, -1], new, eos)
         return [[tuple(tokens) for tokens in row] for row in generated]
     first = logits.argmax(-1)
     going = ~torch.isin(first, torch.tensor(sorted(eos), dtype=torch.long, device=first.device))
-    generated = decode_candidates(model, allocations, cache, prefix_mask, first, max_new_tokens - 1, eos, going)
+    generated = decode_candidates(model, allocations, cache, prefix_mask, first, new - 1, eos, going)
     return [[(head,) + tuple(tokens) for tokens in row] for head, row in zip(first.tolist(), generated)]
 
 
@@ -160,44 +147,40 @@ def generate_candidates(
     tokenizer,
     prompts: Sequence[str],
     allocations: Sequence[Allocation],
-    max_new_tokens: int,
-    prompt_under_allocation: bool = False,
+    protocol: DecodeProtocol,
     progress: bool = False,
     max_batch: int = 0,
-    first_token: str = "allocation",
-    decoder: str = "together",
     margins: list | None = None,
 ) -> list[list[Generation]]:
     """Greedy outputs [sequence][allocation] for every prompt under every allocation.
 
     Tokenises and plans the prompts (`plan_for`), then runs each batch with
-    `generate_batch`: the full-model prompt cache of a batch is computed once
-    and shared by all allocations (with `prompt_under_allocation` each
-    allocation reads the prompt with its own layers instead, so nothing is
-    shared).  With `first_token` "full" the first generated token of each
-    sequence is the full model's, computed once from that shared prefill.
-    Results do not depend on how many allocations are passed together.
+    `generate_batch`: under the default protocol the full-model prompt cache of
+    a batch is computed once and shared by all allocations (with
+    `prompt_under_allocation` each allocation reads the prompt with its own
+    layers instead, so nothing is shared).  With first-token rule "full" the
+    first generated token of each sequence is the full model's, computed once
+    from that shared prefill.  EOS ids are the model's where `protocol` has
+    none.  Results do not depend on how many allocations are passed together.
     `margins`, if given (a list), gets the reference path's top-2 logit margins
     [sequence][allocation][token] (see `generate_batch`).
     """
-    if first_token not in FIRST_TOKEN:
-        raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
+    protocol = with_model_eos(protocol, model, tokenizer)
     rows = encode_prompts(tokenizer, prompts)
-    eos = eos_ids(model, tokenizer)
     results: list[list[Generation]] = [[] for _ in prompts]
     gaps: list = [None] * len(prompts)
     bar = tqdm(total=len(prompts) * len(allocations), disable=not progress, unit="gen", desc="generate")
 
     def run(part: list[int]) -> list[tuple[list[tuple[int, ...]], list | None]]:
         part_gaps = [] if margins is not None else None
-        generated = generate_batch(model, [rows[i] for i in part], allocations, max_new_tokens, eos,
-                                   tokenizer.pad_token_id, prompt_under_allocation, first_token, bar, decoder,
-                                   part_gaps)
+        generated = generate_batch(model, [rows[i] for i in part], allocations, protocol, tokenizer.pad_token_id,
+                                   bar, part_gaps)
         return list(zip(generated, part_gaps or [None] * len(part)))
 
     for batch in plan_for(model, [len(r) for r in rows], max_batch):  # a batch out of GPU memory runs in halves
         for i, (per_allocation, per_gaps) in zip(batch, split_on_oom(run, batch)):
-            results[i] = [Generation(tokens, output_text(tokenizer, tokens, eos)) for tokens in per_allocation]
+            results[i] = [Generation(tokens, output_text(tokenizer, tokens, protocol.eos))
+                          for tokens in per_allocation]
             gaps[i] = per_gaps
     if margins is not None:
         margins.extend(gaps)
@@ -210,19 +193,17 @@ def generate(
     tokenizer,
     prompts: Sequence[str],
     allocation: Allocation,
-    max_new_tokens: int,
-    prompt_under_allocation: bool = False,
+    protocol: DecodeProtocol,
     progress: bool = False,
     max_batch: int = 0,
-    first_token: str = "allocation",
-    decoder: str = "together",
 ) -> list[Generation]:
     """Greedy outputs of every prompt under one allocation (prompt included)."""
-    per_sequence = generate_candidates(
-        model, tokenizer, prompts, [allocation], max_new_tokens, prompt_under_allocation, progress, max_batch,
-        first_token, decoder,
-    )
-    return [g[0] for g in per_sequence]
+    return [g[0] for g in generate_candidates(model, tokenizer, prompts, [allocation], protocol, progress, max_batch)]
+
+
+def with_model_eos(protocol: DecodeProtocol, model: PreTrainedModel, tokenizer) -> DecodeProtocol:
+    """`protocol` with the model's EOS ids where it has none yet."""
+    return protocol if protocol.eos is not None else protocol.with_eos(eos_ids(model, tokenizer))
 
 
 def output_text(tokenizer, tokens: Sequence[int], eos: frozenset[int]) -> str:

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from transformers import PreTrainedModel
 
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.generate import generate
 from skiporacle.eval.model import num_layers
 from skiporacle.eval.teacher_forcing import nll, teacher_forced_passes
@@ -38,7 +39,7 @@ def measure_importance(
 ) -> LayerImportance:
     """Perplexities (per continuation token) for the full model and each single-layer removal."""
     n = num_layers(model)
-    outputs = generate(model, tokenizer, prompts, full(n), max_new_tokens, progress=progress)
+    outputs = generate(model, tokenizer, prompts, full(n), DecodeProtocol(max_new_tokens), progress=progress)
     kept = [(p, g.tokens) for p, g in zip(prompts, outputs) if g.tokens]
     allocations = [full(n)] + [
         Allocation(tuple(j for j in range(n) if j != i), n, f"without:{i}") for i in range(n)

@@ -3,7 +3,7 @@
 Given the full model's greedy outputs y, one forward pass of an allocation over
 [last prompt token, y[:-1]] (on the shared full-model prompt cache) yields the
 allocation's prediction at every output position.  With `first_token` "full"
-(the protocol of `generate_candidates`) the full model reads the whole prompt
+(see `decode_protocol`) the full model reads the whole prompt
 and gives the prediction of y[0] for every allocation; the allocation reads
 y[:-1] and predicts y[1:].  This serves the layer
 importance ranking (negative log-likelihood of y), the hidden-state similarity
@@ -21,7 +21,8 @@ from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.eval.batching import left_pad, plan_for
 from skiporacle.eval.decode import positions, prefill
-from skiporacle.eval.generate import FIRST_TOKEN, encode_prompts
+from skiporacle.eval.decode_protocol import DEFAULT_FIRST_TOKEN, FirstToken
+from skiporacle.eval.generate import encode_prompts
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.model import allocation_view
 from skiporacle.search.allocation import Allocation
@@ -57,7 +58,7 @@ def teacher_forced_passes(
     continuations: Sequence[Sequence[int]],
     allocations: Sequence[Allocation],
     reduce,
-    first_token: str = "allocation",
+    first_token: FirstToken = DEFAULT_FIRST_TOKEN,
 ) -> list[list[object]]:
     """Apply `reduce(hidden [T_i, H], target ids [T_i], lm_head) -> value` per sequence and allocation.
 
@@ -66,8 +67,6 @@ def teacher_forced_passes(
     `first_token` "full", hidden[0] (the prediction of the first target) is the
     full model's for every allocation.  Continuations must be non-empty.
     """
-    if first_token not in FIRST_TOKEN:
-        raise ValueError(f"first_token must be one of {FIRST_TOKEN}, got {first_token!r}")
     rows = encode_prompts(tokenizer, prompts)
     results: list[list[object]] = [[None] * len(allocations) for _ in prompts]
     head = model.get_output_embeddings()

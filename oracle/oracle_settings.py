@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from skiporacle.eval.decode_protocol import DEFAULT_FIRST_TOKEN, DecodeProtocol, FirstToken, Decoder
 from skiporacle.oracle.records import SETTINGS
 
 
@@ -33,20 +34,28 @@ class OracleSettings:
     prompt_under_allocation: bool = False
     batch_size: int = 0  # most sequences per batch; 0 = chosen from model and prompt sizes
     importance_file: str | None = None  # a stored ranking (importance.json) instead of ranking on calibration rows
-    first_token: str = "allocation"  # who predicts the first generated token: "allocation" or "full"
+    first_token: FirstToken = DEFAULT_FIRST_TOKEN  # who predicts the first generated token (see DecodeProtocol)
     instruction: str | None = None  # chat models: the instruction before the input instead of the task's
     template: str | None = None  # base models: the prompt, with {input} standing for the input text
-    decoder: str = "together"  # "together": all candidates in one decode loop; "per-candidate": one after another
+    decoder: Decoder = "together"  # "together": all candidates in one decode loop; "per-candidate": one after another
     search_rule: str = "score"  # per-sequence search: "score" (score >= full - tolerance) or "exact" (the full output)
     search_generate: int = 4  # score rule: proposals generated per step or round (those closest to the full model by KL)
     search_width: int = 5  # random search: proposals per round
     search_evaluations: int = 50  # random search: proposals judged per sequence at most
 
+    def __post_init__(self) -> None:
+        self.protocol  # noqa: B018 (checks the decoding fields once, here: BadInput for a bad one)
+
+    @property
+    def protocol(self) -> DecodeProtocol:
+        """The decoding protocol these settings name (EOS ids are filled where the model is loaded)."""
+        return DecodeProtocol(self.max_new_tokens, self.first_token, self.prompt_under_allocation, self.decoder)
+
 
 DEFAULTS = OracleSettings()
 
 # Fields added after run folders were first written, with the value a settings.json without one was made with.
-_ADDED_LATER = {"first_token": "allocation", "instruction": None, "template": None, "decoder": "per-candidate",
+_ADDED_LATER = {"first_token": DEFAULT_FIRST_TOKEN, "instruction": None, "template": None, "decoder": "per-candidate",
                 "search_rule": "score", "search_generate": 4, "search_width": 5, "search_evaluations": 50}
 
 

@@ -84,7 +84,7 @@ def check_search(settings, model, total_length: int) -> None:
     """Refuse settings a search cannot honour, with one line each."""
     if settings.search_rule not in RULES:
         raise BadInput(f"--search-rule {settings.search_rule!r}: choose from {', '.join(RULES)}")
-    if settings.first_token != "allocation" or settings.prompt_under_allocation:
+    if settings.protocol.first_token != "allocation" or settings.protocol.prompt_under_allocation:
         raise BadInput("a per-sequence search supports only --first-token allocation without --prompt-under-allocation")
     if min(settings.search_generate, settings.search_width, settings.search_evaluations) < 1:
         raise BadInput("--search-generate, --search-width and --search-evaluations must be at least 1")

@@ -157,8 +157,7 @@ def score_rows(model, tokenizer, settings, rows: list[list[int]], references: li
 
     def score(part: list[int]) -> list[list[Candidate]]:
         return score_batch(model, tokenizer, [rows[i] for i in part], [references[i] for i in part], allocations,
-                           settings.metric, settings.max_new_tokens, settings.prompt_under_allocation,
-                           settings.first_token, bar, settings.decoder)
+                           settings.metric, settings.protocol, bar)
 
     try:
         return split_on_oom(score, range(len(rows)))  # a batch out of GPU memory runs in halves, in order

@@ -65,7 +65,7 @@ class _Phases:
 def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> dict:
     """Run the study into `out` (pertoken.json, pertoken.png) and return the result."""
     from skiporacle.pertoken.study_report import plot_pertoken
-    from skiporacle.eval.generate import encode_prompts, eos_ids, generate, generate_candidates, output_text
+    from skiporacle.eval.generate import encode_prompts, generate, generate_candidates, output_text, with_model_eos
     from skiporacle.eval.metrics import sequence_scores
     from skiporacle.eval.ranking import read_ranking
     from skiporacle.oracle.inputs import load_inputs, load_named_model
@@ -99,7 +99,8 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
     costs = [a.cost for a in family.members]
     by_cost = {a.cost: a for a in family.members}
     statics = [by_cost[b] for b in budgets]
-    eos, pad = eos_ids(model, tokenizer), tokenizer.pad_token_id
+    protocol, pad = with_model_eos(settings.protocol, model, tokenizer), tokenizer.pad_token_id
+    eos = protocol.eos
     batch = settings.batch_size
     rows_eval, rows_train = encode_prompts(tokenizer, evaluated.prompts), encode_prompts(tokenizer, training.prompts)
     references = evaluated.scored_references()
@@ -110,9 +111,9 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
 
     with phase("full_outputs"):
         full_train = [list(g.tokens) for g in generate(model, tokenizer, training.prompts, family.members[0],
-                                                       settings.max_new_tokens, progress=True, max_batch=batch)]
+                                                       protocol, progress=True, max_batch=batch)]
         full_eval = [list(g.tokens) for g in generate(model, tokenizer, evaluated.prompts, family.members[0],
-                                                      settings.max_new_tokens, progress=True, max_batch=batch)]
+                                                      protocol, progress=True, max_batch=batch)]
     full_scores = scores_of(full_eval)
     with phase("labels"):
         kwargs = {"batch_size": batch} if batch else {}
@@ -123,7 +124,7 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
         probe = fit_probe(train_labels.features, train_labels.correct, train_labels.sequence)
     prob_eval = probe.probabilities(eval_labels.features)
     with phase("fixed_rate"):
-        generated = generate_candidates(model, tokenizer, evaluated.prompts, statics, settings.max_new_tokens,
+        generated = generate_candidates(model, tokenizer, evaluated.prompts, statics, protocol,
                                         progress=True, max_batch=batch)
     fixed_tokens = [[list(g[k].tokens) for g in generated] for k in range(len(statics))] + [full_eval]
     fixed_scores = np.vstack([scores_of(t) for t in fixed_tokens[:-1]] + [full_scores[None]])  # [K + 1, S], full last
@@ -134,7 +135,7 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
     with phase("controller"):
         for tau in tqdm(study.taus, desc="per-token controller", unit="tau"):
             gen = _generate_planned(generate_per_token, model, rows_eval, family, _decider(probe, tau),
-                                    study.probe_layer, settings.max_new_tokens, eos, pad, batch)
+                                    study.probe_layer, protocol, pad, batch)
             points.append(tau_point(tau, gen, scores_of(gen.tokens), full_eval, (fixed_layers, fixed_scores), rows,
                                     n, probe.decide(eval_labels.features, tau), eval_labels.correct, costs, kv_fill))
     cheapest = cheapest_correct(eval_labels.correct)
@@ -142,7 +143,7 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
     result = {
         "study": "per-token controller vs fixed rates at equal compute (issue #14 A)",
         "model": settings.model, "task": evaluated.task.name, "metric": settings.metric, "num_layers": n,
-        "settings": {**asdict(settings), **asdict(study), "budgets": budgets, "first_token": "allocation",
+        "settings": {**asdict(settings), **asdict(study), "budgets": budgets, "first_token": protocol.first_token,
                      "drop_order": list(ranking["drop_order"]), "near_tie_margin": NEAR_TIE},
         "rows": {"evaluation": _rows(evaluated), "training": _rows(training)},
         "families": {"importance": [list(a.layers) for a in family.members],
@@ -182,14 +183,13 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
     return result
 
 
-def _generate_planned(generate_per_token, model, rows, family, decide, probe_layer, max_new_tokens, eos, pad,
-                      max_batch: int):
+def _generate_planned(generate_per_token, model, rows, family, decide, probe_layer, protocol, pad, max_batch: int):
     """`generate_per_token` over the batches the ordinary engine would plan for these prompts, joined in order."""
     from skiporacle.eval.batching import plan_for
 
     tokens, members, layers_run = [None] * len(rows), [None] * len(rows), [None] * len(rows)
     for part in plan_for(model, [len(r) for r in rows], max_batch):
-        gen = generate_per_token(model, [rows[i] for i in part], family, decide, probe_layer, max_new_tokens, eos, pad)
+        gen = generate_per_token(model, [rows[i] for i in part], family, decide, probe_layer, protocol, pad)
         for k, i in enumerate(part):
             tokens[i], members[i], layers_run[i] = gen.tokens[k], gen.members[k], gen.layers_run[k]
     return type(gen)(tokens, members, layers_run)

@@ -38,6 +38,7 @@ from transformers import PreTrainedModel
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.batching import left_pad
 from skiporacle.eval.crossdecode import unsupported_reason
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.decode import prefill_shared
 from skiporacle.eval.memory import kv_head_shape
 from skiporacle.eval.crosslanes import finish, project, rotary_function
@@ -109,17 +110,25 @@ def _step_layer(layer, hidden, rows, full: bool, cos, sin, keys, values, bias, c
         hidden[rows] = finish(layer, x, out[rows, 0])
 
 
+def check_protocol(protocol: DecodeProtocol) -> tuple[frozenset[int], int]:
+    """(EOS ids, max new tokens) of a protocol per-token generation supports: BadInput for another."""
+    if protocol.first_token != "allocation" or not protocol.shares_prompt:
+        raise BadInput("per-token generation supports only --first-token allocation with the prompt read by the full model")
+    return protocol.stop_ids(), protocol.max_new_tokens
+
+
 @torch.inference_mode()
 def generate_per_token(model: PreTrainedModel, prompt_rows: list[list[int]], family: Family, decide: Decide,
-                       probe_layer: int, max_new_tokens: int, eos: frozenset[int], pad_id: int) -> PerTokenGeneration:
+                       probe_layer: int, protocol: DecodeProtocol, pad_id: int) -> PerTokenGeneration:
     """Greedy tokens of each prompt, each token running the member `decide` picks from its hidden after `probe_layer`.
 
     `decide(hidden [n, D]) -> LongTensor [n]` member indices (it must not modify
     hidden, which the step goes on with).  All prompts are
     decoded as one batch; each step runs each layer once on the rows whose
     member keeps it and the key/value projections on the others.  Rows stop
-    at EOS or after `max_new_tokens`.
+    at EOS or after the protocol's `max_new_tokens` (its EOS ids filled).
     """
+    eos, max_new_tokens = check_protocol(protocol)
     layers = decoder_layers(model)
     check_model(model, family, probe_layer, max(map(len, prompt_rows), default=0) + max_new_tokens)
     check_probe(family, probe_layer)
@@ -180,7 +189,7 @@ def generate_per_token(model: PreTrainedModel, prompt_rows: list[list[int]], fam
 
 @torch.inference_mode()
 def reference_per_token(model: PreTrainedModel, prompt_rows: list[list[int]], family: Family, decide: Decide,
-                        probe_layer: int, max_new_tokens: int, eos: frozenset[int], pad_id: int) -> PerTokenGeneration:
+                        probe_layer: int, protocol: DecodeProtocol, pad_id: int) -> PerTokenGeneration:
     """`generate_per_token` by brute force, for tests: one sequence at a time, every step recomputed from scratch.
 
     Each step runs the model's own decoder layers as whole layers over the whole
@@ -189,6 +198,7 @@ def reference_per_token(model: PreTrainedModel, prompt_rows: list[list[int]], fa
     position fed at a step gets its decision from `decide` on its hidden after
     `probe_layer`, and keeps it for later steps.  `pad_id` is unused (no padding).
     """
+    eos, max_new_tokens = check_protocol(protocol)
     layers = decoder_layers(model)
     check_model(model, family, probe_layer, max(map(len, prompt_rows), default=0) + max_new_tokens)
     check_probe(family, probe_layer)

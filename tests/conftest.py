@@ -27,6 +27,7 @@ from transformers import (
     Qwen3Config,
 )
 
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.model import decoder_layers
 
 VOCAB = 300
@@ -380,8 +381,8 @@ def oracle_data(tiny_llm_dir, tmp_path_factory):
     with one_thread():
         inputs = load_inputs(settings, *load_model_cached(settings.model, settings.dtype))
         model, tokenizer = load_model_cached(str(tiny_llm_dir), "float32")
-        whole = generate(model, tokenizer, inputs.prompts, full(NUM_LAYERS), ORACLE_MAX_NEW)
-        four = generate(model, tokenizer, inputs.prompts, uniform(4, NUM_LAYERS), ORACLE_MAX_NEW)
+        whole = generate(model, tokenizer, inputs.prompts, full(NUM_LAYERS), DecodeProtocol(ORACLE_MAX_NEW))
+        four = generate(model, tokenizer, inputs.prompts, uniform(4, NUM_LAYERS), DecodeProtocol(ORACLE_MAX_NEW))
     fixed = "The weather was calm and everyone went home early."
     for i, row in enumerate(rows):
         if i == 2:

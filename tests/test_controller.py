@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import NUM_LAYERS, ORACLE_TEXTS, one_thread
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.controller.decide import knapsack_choices, threshold_choices
 from skiporacle.controller.evaluate import (EvalSettings, budget_curve, cross_validated, evaluate, fold_of,
                                             oracle_reach, reach, threshold_curve)
@@ -224,10 +225,10 @@ def test_deployed_outputs_equal_the_engine_under_each_chosen_allocation(two_runs
     model, tokenizer = load_model_cached(str(tiny_llm_dir), "float32")
     with one_thread():
         for tau in (0.0, 0.5):
-            deployed = generate_with_controller(model, tokenizer, prompts, allocations, fitted, tau, 4)
+            deployed = generate_with_controller(model, tokenizer, prompts, allocations, fitted, tau, DecodeProtocol(4))
             for k in set(deployed.choices):
                 rows = [i for i, c in enumerate(deployed.choices) if c == k]
-                expected = generate(model, tokenizer, [prompts[i] for i in rows], allocations[k], 4)
+                expected = generate(model, tokenizer, [prompts[i] for i in rows], allocations[k], DecodeProtocol(4))
                 assert [deployed.generations[i].tokens for i in rows] == [g.tokens for g in expected]
 
 

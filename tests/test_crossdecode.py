@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import skiporacle.eval.crossdecode as crossdecode
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.crossdecode import unsupported_reason
 from skiporacle.eval.generate import generate_candidates
 from skiporacle.eval.model import num_layers
@@ -32,9 +33,11 @@ def _model(layout: str, tiny_model):
     return model
 
 
-def _both(model, tokenizer, texts, allocations, **kwargs):
-    together = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="together", **kwargs)
-    alone = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="per-candidate", **kwargs)
+def _both(model, tokenizer, texts, allocations, first_token="allocation", max_new=MAX_NEW):
+    """Outputs of the two decoders under the same protocol."""
+    together = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(max_new, first_token))
+    alone = generate_candidates(model, tokenizer, texts, allocations,
+                                DecodeProtocol(max_new, first_token, decoder="per-candidate"))
     return together, alone
 
 
@@ -58,7 +61,7 @@ def test_rows_finishing_early_leave_without_disturbing_others(first_token, tiny_
     model = tiny_model("llama")
     allocations = [parse_spec(s, num_layers(model)) for s in SPECS]
     texts = [ref.as_text(p) for p in prompt_ids]
-    free = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="per-candidate")
+    free = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW, decoder="per-candidate"))
     counts: dict[int, int] = {}
     for row in free:
         for g in row:
@@ -76,9 +79,9 @@ def test_chunks_of_candidates_give_the_same_outputs(tiny_model, tokenizer, promp
     model = tiny_model("qwen3")
     allocations = [parse_spec(s, num_layers(model)) for s in SPECS]
     texts = [ref.as_text(p) for p in prompt_ids]
-    whole = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="together")
+    whole = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW, decoder="together"))
     monkeypatch.setattr(crossdecode, "MAX_ROWS", 2 * len(prompt_ids))  # four chunks of two candidates
-    assert generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, decoder="together") == whole
+    assert generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW, decoder="together")) == whole
 
 
 def test_max_new_tokens_edge_cases(tiny_model, tokenizer, prompt_ids, ref, single_thread):
@@ -87,9 +90,7 @@ def test_max_new_tokens_edge_cases(tiny_model, tokenizer, prompt_ids, ref, singl
     texts = [ref.as_text(p) for p in prompt_ids]
     for first_token in ("allocation", "full"):
         for limit in (0, 1, 2):
-            kwargs = dict(first_token=first_token)
-            together = generate_candidates(model, tokenizer, texts, allocations, limit, decoder="together", **kwargs)
-            alone = generate_candidates(model, tokenizer, texts, allocations, limit, decoder="per-candidate", **kwargs)
+            together, alone = _both(model, tokenizer, texts, allocations, first_token, limit)
             assert together == alone, (first_token, limit)
 
 
@@ -128,8 +129,7 @@ def test_margins_are_the_reference_paths_top2_gaps(tiny_model, tokenizer, prompt
     texts = [ref.as_text(p) for p in prompt_ids]
     for first_token in ("allocation", "full"):
         margins: list = []
-        outputs = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, first_token=first_token,
-                                      margins=margins)
+        outputs = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW, first_token=first_token), margins=margins)
         assert [[len(m) for m in row] for row in margins] == [[len(g.tokens) for g in row] for row in outputs]
         assert all(gap >= 0 for row in margins for m in row for gap in m)
     # The full model's first margin, recomputed from one plain forward pass over the prompt.
@@ -172,10 +172,10 @@ RAGGED = (("all", "1-5", "0,2,4"), ("uniform:3",), (), ("5", "0", "exit:2", "all
 
 
 def _prompt_cache(model, rows):
-    from skiporacle.eval.generate import _prefill_prompt, left_pad
+    from skiporacle.eval.generate import prefill_prompt, left_pad
 
     ids, mask = left_pad(rows, 0)
-    cache, prefix_mask, _ = _prefill_prompt(model, ids, mask, "allocation")
+    cache, prefix_mask, _ = prefill_prompt(model, ids, mask, "allocation")
     return cache, prefix_mask, ids[:, -1]
 
 

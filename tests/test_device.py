@@ -18,6 +18,7 @@ import torch
 
 from conftest import NUM_LAYERS, as_text, one_thread
 from rounding import assert_rounding_close, rounding_bound
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.data.errors import BadInput
 from skiporacle.eval import batching, device as dev, memory
 from skiporacle.cli.main import main
@@ -66,6 +67,20 @@ def test_gpu_index_beyond_the_visible_count(monkeypatch):
     assert dev.resolve_device("cuda:1") == torch.device("cuda:1")
     with pytest.raises(BadInput, match=r"only 2 GPU\(s\) visible \(cuda:0 to cuda:1\)"):
         dev.resolve_device("cuda:7")
+
+
+def test_placement_is_resolved_once_with_the_devices_dtype():
+    assert dev.resolve_placement("cpu") == dev.Placement("cpu", "float32")
+    assert dev.resolve_placement(" CPU ", "bfloat16") == dev.Placement("cpu", "bfloat16")
+    with pytest.raises(BadInput, match="expected auto, cpu, cuda or cuda:N"):
+        dev.resolve_placement("tpu")
+    from skiporacle.cli.parsers import build_parser
+    from skiporacle.cli.run_settings import placement_of
+
+    args = build_parser().parse_args(["oracle", "--device", "cpu", "--dtype", "bfloat16"])
+    first = placement_of(args)
+    args.device = "tpu"  # resolved once: a later call reads the same placement, it does not resolve again
+    assert placement_of(args) is first and first == dev.Placement("cpu", "bfloat16")
 
 
 def test_default_dtype_follows_the_device():
@@ -167,7 +182,7 @@ def test_engine_tensors_follow_the_model(tiny_model, tokenizer, prompt_ids, monk
     assert ids.device.type == "meta" and mask.device.type == "meta"
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: pytest.fail("a CPU model asked for GPU memory"))
     model = tiny_model("llama")
-    out = generate_candidates(model, tokenizer, [as_text(p) for p in prompt_ids], [full(NUM_LAYERS)], 3)
+    out = generate_candidates(model, tokenizer, [as_text(p) for p in prompt_ids], [full(NUM_LAYERS)], DecodeProtocol(3))
     assert len(out) == len(prompt_ids)
 
 
@@ -248,10 +263,10 @@ def test_generation_batch_out_of_memory_runs_in_halves(tiny_model, tokenizer, pr
     model = tiny_model("llama")
     prompts = [as_text(p) for p in prompt_ids]
     allocations = [full(NUM_LAYERS), uniform(3, NUM_LAYERS)]
-    one_by_one = [gen.generate_candidates(model, tokenizer, [p], allocations, 5)[0] for p in prompts]
+    one_by_one = [gen.generate_candidates(model, tokenizer, [p], allocations, DecodeProtocol(5))[0] for p in prompts]
     sizes: list[int] = []
     monkeypatch.setattr(gen, "generate_batch", _out_of_memory_above(1, gen.generate_batch, sizes))
-    assert gen.generate_candidates(model, tokenizer, prompts, allocations, 5) == one_by_one
+    assert gen.generate_candidates(model, tokenizer, prompts, allocations, DecodeProtocol(5)) == one_by_one
     assert sizes[0] == len(prompts) and sizes.count(1) == len(prompts)
 
 
@@ -260,8 +275,7 @@ def test_oracle_batch_out_of_memory_runs_in_halves(tiny_model, tokenizer, prompt
     from skiporacle.oracle.workers import score_rows
 
     model = tiny_model("llama")
-    settings = SimpleNamespace(metric="rougeL", max_new_tokens=4, prompt_under_allocation=False,
-                               first_token="allocation", decoder="together")
+    settings = SimpleNamespace(metric="rougeL", protocol=DecodeProtocol(4))
     allocations = [uniform(3, NUM_LAYERS), full(NUM_LAYERS)]
     references = [["5 6 7"], ["8"], ["9 10"], ["11 12"], ["13"]]
     # Five rows, at most two fit: halves [0, 1] and [2, 3, 4], the second split again into [2] and [3, 4].
@@ -350,8 +364,8 @@ def test_generation_on_gpu_matches_cpu(tiny_model, tokenizer, prompt_ids, decode
     model = tiny_model("llama")
     prompts = [as_text(p) for p in prompt_ids]
     allocations = [full(NUM_LAYERS), uniform(3, NUM_LAYERS), uniform(4, NUM_LAYERS)]
-    cpu = generate_candidates(model, tokenizer, prompts, allocations, 6, decoder=decoder)
-    gpu = generate_candidates(copy.deepcopy(model).to("cuda"), tokenizer, prompts, allocations, 6, decoder=decoder)
+    cpu = generate_candidates(model, tokenizer, prompts, allocations, DecodeProtocol(6, decoder=decoder))
+    gpu = generate_candidates(copy.deepcopy(model).to("cuda"), tokenizer, prompts, allocations, DecodeProtocol(6, decoder=decoder))
     assert gpu == cpu  # float32, random tiny model: no near-ties at this size
 
 

@@ -18,6 +18,7 @@ from transformers.masking_utils import create_causal_mask
 
 import skiporacle.eval.batching as batching
 import skiporacle.eval.generate as gen
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.generate import (
     Generation,
@@ -195,7 +196,7 @@ def test_eos_ids(tiny_model, ref, monkeypatch):
 def test_all_layers_equals_hf_generate(layout, tiny_model, tokenizer, prompt_ids, ref):
     model = tiny_model(layout)
     eos = _eos(model, tokenizer)
-    got = generate(model, tokenizer, _texts(ref, prompt_ids), full(num_layers(model)), MAX_NEW)
+    got = generate(model, tokenizer, _texts(ref, prompt_ids), full(num_layers(model)), DecodeProtocol(MAX_NEW))
     want = ref.hf_greedy(model, prompt_ids, MAX_NEW, eos)
     assert [list(g.tokens) for g in got] == want
     for g in got:
@@ -208,7 +209,7 @@ def test_all_layers_equals_hf_generate_with_early_eos(layout, tiny_model, tokeni
     """Pick as EOS a token that the first prompt emits mid-way: it stops right after it while others go on."""
     model = tiny_model(layout)
     texts = _texts(ref, prompt_ids)
-    free = generate(model, tokenizer, texts, full(num_layers(model)), MAX_NEW)
+    free = generate(model, tokenizer, texts, full(num_layers(model)), DecodeProtocol(MAX_NEW))
     first = list(free[0].tokens)
     assert len(first) == MAX_NEW
     # A token emitted at step >= 2 for the first time, and absent from some other prompt's output.
@@ -221,7 +222,7 @@ def test_all_layers_equals_hf_generate_with_early_eos(layout, tiny_model, tokeni
     with ref.eos_override(model, tokenizer, stop):
         eos = _eos(model, tokenizer)
         assert eos == {stop}
-        got = generate(model, tokenizer, texts, full(num_layers(model)), MAX_NEW)
+        got = generate(model, tokenizer, texts, full(num_layers(model)), DecodeProtocol(MAX_NEW))
         want = ref.hf_greedy(model, prompt_ids, MAX_NEW, eos)
     assert list(got[0].tokens) == first[: j + 1]  # stops right after the EOS
     assert got[0].text == ref.as_text(first[:j])  # EOS is not in the text
@@ -272,13 +273,13 @@ def test_llama_generate_equals_hand_written_reference(tiny_model, tokenizer, pro
     model = tiny_model("llama")
     allocation = parse_spec(spec, num_layers(model))
     eos = _eos(model, tokenizer)
-    got = generate(model, tokenizer, _texts(ref, prompt_ids), allocation, MAX_NEW)
+    got = generate(model, tokenizer, _texts(ref, prompt_ids), allocation, DecodeProtocol(MAX_NEW))
     for g, prompt in zip(got, prompt_ids):
         by_hand = _llama_by_hand(model, prompt, allocation.layers, MAX_NEW, eos)
         assert list(g.tokens) == by_hand
         # The generic reference (wrapped layers) agrees with the hand-written one.
         assert ref.reference_greedy(model, prompt, allocation.layers, MAX_NEW, eos) == by_hand
-    full_out = generate(model, tokenizer, _texts(ref, prompt_ids), full(num_layers(model)), MAX_NEW)
+    full_out = generate(model, tokenizer, _texts(ref, prompt_ids), full(num_layers(model)), DecodeProtocol(MAX_NEW))
     assert [g.tokens for g in got] != [g.tokens for g in full_out]  # skipping changes something
 
 
@@ -287,7 +288,7 @@ def test_generate_equals_simulated_reference(layout, tiny_model, tokenizer, prom
     model = tiny_model(layout)
     allocation = parse_spec(spec, num_layers(model))
     eos = _eos(model, tokenizer)
-    got = generate(model, tokenizer, _texts(ref, prompt_ids), allocation, MAX_NEW)
+    got = generate(model, tokenizer, _texts(ref, prompt_ids), allocation, DecodeProtocol(MAX_NEW))
     want = [ref.reference_greedy(model, p, allocation.layers, MAX_NEW, eos) for p in prompt_ids]
     assert [list(g.tokens) for g in got] == want
 
@@ -299,10 +300,10 @@ def test_skipping_layer_zero(layout, tiny_model, tokenizer, prompt_ids, ref):
     allocation = parse_spec(f"1-{n - 1}", n)
     eos = _eos(model, tokenizer)
     texts = _texts(ref, prompt_ids)
-    got = generate(model, tokenizer, texts, allocation, MAX_NEW)
+    got = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW))
     want = [ref.reference_greedy(model, p, allocation.layers, MAX_NEW, eos) for p in prompt_ids]
     assert [list(g.tokens) for g in got] == want
-    solo = generate(model, tokenizer, texts, allocation, MAX_NEW, prompt_under_allocation=True)
+    solo = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW, prompt_under_allocation=True))
     want_solo = [ref.reference_greedy(model, p, allocation.layers, MAX_NEW, eos, prompt_full=False) for p in prompt_ids]
     assert [list(g.tokens) for g in solo] == want_solo
 
@@ -315,8 +316,8 @@ def test_batched_equals_one_by_one(layout, tiny_model, tokenizer, prompt_ids, re
     texts = _texts(ref, prompt_ids)
     for spec in ("all", "uniform:3", "1-5", "2,3"):
         allocation = parse_spec(spec, num_layers(model))
-        batched = generate(model, tokenizer, texts, allocation, MAX_NEW)
-        alone = [generate(model, tokenizer, [t], allocation, MAX_NEW)[0] for t in texts]
+        batched = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW))
+        alone = [generate(model, tokenizer, [t], allocation, DecodeProtocol(MAX_NEW))[0] for t in texts]
         assert batched == alone, spec
 
 
@@ -325,15 +326,15 @@ def test_batched_equals_one_by_one_with_rows_finishing_early(tiny_model, tokeniz
     model = tiny_model("gemma3")
     allocation = parse_spec("1,2,4", num_layers(model))
     texts = _texts(ref, prompt_ids)
-    free = generate(model, tokenizer, texts, allocation, MAX_NEW)
+    free = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW))
     counts = {}
     for g in free:
         for t in set(g.tokens[1:-2]):
             counts[t] = counts.get(t, 0) + 1
     stop = max(counts, key=lambda t: (counts[t], -t))  # emitted mid-way by the most prompts
     with ref.eos_override(model, tokenizer, stop):
-        batched = generate(model, tokenizer, texts, allocation, MAX_NEW)
-        alone = [generate(model, tokenizer, [t], allocation, MAX_NEW)[0] for t in texts]
+        batched = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW))
+        alone = [generate(model, tokenizer, [t], allocation, DecodeProtocol(MAX_NEW))[0] for t in texts]
     assert batched == alone
     lengths = sorted(len(g.tokens) for g in batched)
     assert lengths[0] < MAX_NEW and lengths[-1] == MAX_NEW  # some finished early, some ran to the end
@@ -344,10 +345,10 @@ def test_results_do_not_depend_on_batch_plan(tiny_model, tokenizer, prompt_ids, 
     model = tiny_model("mistral")
     texts = _texts(ref, prompt_ids)
     allocations = [parse_spec(s, num_layers(model)) for s in ("uniform:3", "1-5")]
-    one_batch = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW)
+    one_batch = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW))
     monkeypatch.setattr(batching, "TOKENS_PER_BATCH", 20)  # forces several prefill batches
     assert len(plan_batches([len(p) for p in prompt_ids], 4)) > 1
-    assert generate_candidates(model, tokenizer, texts, allocations, MAX_NEW) == one_batch
+    assert generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW)) == one_batch
 
 
 def test_candidates_equal_separate_generations(layout, tiny_model, tokenizer, prompt_ids, ref):
@@ -355,13 +356,13 @@ def test_candidates_equal_separate_generations(layout, tiny_model, tokenizer, pr
     n = num_layers(model)
     texts = _texts(ref, prompt_ids)
     allocations = [parse_spec(s, n) for s in ("all", "uniform:3", "1-5", "exit:2", "5")]
-    together = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW)
+    together = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW))
     assert len(together) == len(texts) and all(len(row) == len(allocations) for row in together)
     for a, allocation in enumerate(allocations):
-        separate = generate(model, tokenizer, texts, allocation, MAX_NEW)
+        separate = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW))
         assert [row[a] for row in together] == separate, allocation.spec
     # Reversed order gives the same per-allocation results.
-    backwards = generate_candidates(model, tokenizer, texts, allocations[::-1], MAX_NEW)
+    backwards = generate_candidates(model, tokenizer, texts, allocations[::-1], DecodeProtocol(MAX_NEW))
     assert [row[::-1] for row in backwards] == together
 
 
@@ -371,12 +372,12 @@ def test_prompt_under_allocation(layout, tiny_model, tokenizer, prompt_ids, ref)
     texts = _texts(ref, prompt_ids)
     eos = _eos(model, tokenizer)
     allocations = [parse_spec(s, n) for s in ("all", "uniform:3", "1-5", "2,3")]
-    own = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, prompt_under_allocation=True)
-    shared = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW)
+    own = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW, prompt_under_allocation=True))
+    shared = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW))
     for a, allocation in enumerate(allocations):
         want = [ref.reference_greedy(model, p, allocation.layers, MAX_NEW, eos, prompt_full=False) for p in prompt_ids]
         assert [list(row[a].tokens) for row in own] == want, allocation.spec
-        separate = generate(model, tokenizer, texts, allocation, MAX_NEW, prompt_under_allocation=True)
+        separate = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW, prompt_under_allocation=True))
         assert [row[a] for row in own] == separate
     assert [row[0] for row in own] == [row[0] for row in shared]  # all layers: same either way
     assert own != shared  # a prompt read by fewer layers changes some output
@@ -389,12 +390,12 @@ def test_max_new_tokens_edge_cases(tiny_model, tokenizer, prompt_ids, ref):
     model = tiny_model("qwen3")
     texts = _texts(ref, prompt_ids)
     allocation = parse_spec("uniform:3", num_layers(model))
-    ten = generate(model, tokenizer, texts, allocation, MAX_NEW)
-    one = generate(model, tokenizer, texts, allocation, 1)
+    ten = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW))
+    one = generate(model, tokenizer, texts, allocation, DecodeProtocol(1))
     assert [g.tokens for g in one] == [g.tokens[:1] for g in ten]
-    assert [g.tokens for g in generate(model, tokenizer, texts, allocation, 0)] == [()] * len(texts)
-    assert generate(model, tokenizer, [], allocation, MAX_NEW) == []
-    assert generate_candidates(model, tokenizer, texts, [], MAX_NEW) == [[] for _ in texts]
+    assert [g.tokens for g in generate(model, tokenizer, texts, allocation, DecodeProtocol(0))] == [()] * len(texts)
+    assert generate(model, tokenizer, [], allocation, DecodeProtocol(MAX_NEW)) == []
+    assert generate_candidates(model, tokenizer, texts, [], DecodeProtocol(MAX_NEW)) == [[] for _ in texts]
 
 
 def test_generate_without_any_eos(tiny_model, prompt_ids, ref, monkeypatch):
@@ -402,7 +403,7 @@ def test_generate_without_any_eos(tiny_model, prompt_ids, ref, monkeypatch):
     tok = ref.IntTokenizer(eos_token_id=None)
     monkeypatch.setattr(model.generation_config, "eos_token_id", None)
     allocation = parse_spec("uniform:3", num_layers(model))
-    got = generate(model, tok, _texts(ref, prompt_ids), allocation, MAX_NEW)
+    got = generate(model, tok, _texts(ref, prompt_ids), allocation, DecodeProtocol(MAX_NEW))
     assert all(len(g.tokens) == MAX_NEW for g in got)
     assert [list(g.tokens) for g in got] == [
         ref.reference_greedy(model, p, allocation.layers, MAX_NEW, ()) for p in prompt_ids
@@ -417,7 +418,7 @@ def test_generate_leaves_model_unchanged(tiny_model, tokenizer, prompt_ids, ref)
     ids = torch.tensor([prompt_ids[0]])
     with torch.inference_mode():
         before = model(input_ids=ids, use_cache=False).logits
-        generate_candidates(model, tokenizer, _texts(ref, prompt_ids), [parse_spec("1,2,4", 6), parse_spec("0", 6)], 4)
+        generate_candidates(model, tokenizer, _texts(ref, prompt_ids), [parse_spec("1,2,4", 6), parse_spec("0", 6)], DecodeProtocol(4))
         after = model(input_ids=ids, use_cache=False).logits
     assert decoder_layers(model) is layers and list(layers) == modules
     assert model.config.to_dict() == config
@@ -452,7 +453,7 @@ def test_bundled_smollm2():
         tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         for q in questions
     ]
-    got = generate(model, tok, prompts, full(n), 20)
+    got = generate(model, tok, prompts, full(n), DecodeProtocol(20))
     assert got[0].text == "The capital of France is Paris."
 
     rows = encode_prompts(tok, prompts)
@@ -471,5 +472,5 @@ def test_bundled_smollm2():
                 break
         assert list(g.tokens) == want
 
-    skipped = generate(model, tok, prompts[:1], uniform(20, n), 20)[0]
+    skipped = generate(model, tok, prompts[:1], uniform(20, n), DecodeProtocol(20))[0]
     assert skipped.tokens != got[0].tokens and len(skipped.tokens) <= 20

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.data.errors import BadInput
 from skiporacle.data.tasks import load_task
 from skiporacle.eval.generate import generate
@@ -153,12 +154,12 @@ def test_healed_candidate_is_the_variant_s_layers_in_the_base_model(tiny, tiny_l
     prompts = ["Summarize: the river rose overnight.", "Hello there, how are you today?"]
     candidate = Allocation(LAYERS, 6, "healed:h", weights=str(tmp_path / "h"))
     # Reading the prompt with its own layers, the healed candidate is exactly the standalone variant.
-    ours = generate(model, tokenizer, prompts, candidate, 6, prompt_under_allocation=True)
-    alone = generate(healed, tokenizer, prompts, full(4), 6, prompt_under_allocation=True)
+    ours = generate(model, tokenizer, prompts, candidate, DecodeProtocol(6, prompt_under_allocation=True))
+    alone = generate(healed, tokenizer, prompts, full(4), DecodeProtocol(6, prompt_under_allocation=True))
     assert ours == alone
     # Under the paper's protocol its outputs differ from the training-free allocation's.
-    base = generate(model, tokenizer, prompts, Allocation(LAYERS, 6, "0,2,3,5"), 6)
-    assert generate(model, tokenizer, prompts, candidate, 6) != base
+    base = generate(model, tokenizer, prompts, Allocation(LAYERS, 6, "0,2,3,5"), DecodeProtocol(6))
+    assert generate(model, tokenizer, prompts, candidate, DecodeProtocol(6)) != base
 
 
 def test_cli_heal_then_oracle_over_healed_variants_and_overlap_refused(tiny_llm_dir, tmp_path, capsys, single_thread):

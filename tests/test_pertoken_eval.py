@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import skiporacle.pertoken.token_generation as pertoken_generate
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.data.errors import BadInput
 from skiporacle.pertoken.token_labels import per_token_labels
 from skiporacle.pertoken.token_generation import generate_per_token, reference_per_token
@@ -50,7 +51,7 @@ def test_constant_member_equals_ordinary_skipping(layout, tiny_model, prompt_ids
     model = _model(layout, tiny_model)
     family = importance_family(DROP_ORDER, 6, keep=(0,))
     for m, member in enumerate(family.members):
-        got = generate_per_token(model, prompt_ids, family, _constant(m), 0, MAX_NEW, EOS, ref.PAD_ID)
+        got = generate_per_token(model, prompt_ids, family, _constant(m), 0, DecodeProtocol(MAX_NEW, eos=EOS), ref.PAD_ID)
         assert got.tokens == [ref.reference_greedy(model, p, member.layers, MAX_NEW, EOS) for p in prompt_ids], m
         assert got.members == [[m] * len(t) for t in got.tokens]
         assert got.layers_run == [[member.cost] * len(t) for t in got.tokens]
@@ -63,13 +64,13 @@ def test_generate_equals_reference(layout, kind, probe, tiny_model, prompt_ids, 
     family = (early_exit_family(6) if kind == "early-exit"
               else importance_family(DROP_ORDER, 6, keep=() if kind == "importance-all" else range(probe + 1)))
     decide = _mixed(len(family.members))
-    got = generate_per_token(model, prompt_ids, family, decide, probe, MAX_NEW, EOS, ref.PAD_ID)
-    assert got == reference_per_token(model, prompt_ids, family, decide, probe, MAX_NEW, EOS, ref.PAD_ID)
+    got = generate_per_token(model, prompt_ids, family, decide, probe, DecodeProtocol(MAX_NEW, eos=EOS), ref.PAD_ID)
+    assert got == reference_per_token(model, prompt_ids, family, decide, probe, DecodeProtocol(MAX_NEW, eos=EOS), ref.PAD_ID)
     assert len({m for row in got.members for m in row}) >= 3  # mixed across rows and steps
     assert any(len(set(row)) > 1 for row in got.members)
     eos = EOS | {got.tokens[0][2]}  # row 0 leaves the batch at step 2, the others go on without it
-    got = generate_per_token(model, prompt_ids, family, decide, probe, MAX_NEW, eos, ref.PAD_ID)
-    assert got == reference_per_token(model, prompt_ids, family, decide, probe, MAX_NEW, eos, ref.PAD_ID)
+    got = generate_per_token(model, prompt_ids, family, decide, probe, DecodeProtocol(MAX_NEW, eos=eos), ref.PAD_ID)
+    assert got == reference_per_token(model, prompt_ids, family, decide, probe, DecodeProtocol(MAX_NEW, eos=eos), ref.PAD_ID)
     assert len(got.tokens[0]) == 3 and max(map(len, got.tokens)) == MAX_NEW
 
 
@@ -77,7 +78,7 @@ def test_skipped_layers_keys_values_are_read(tiny_model, prompt_ids, ref, monkey
     """Zeroing the keys/values a skipped layer fills in changes later tokens that run the layer."""
     model = tiny_model("llama")
     family = importance_family(DROP_ORDER, 6, keep=(0,))
-    args = (model, prompt_ids, family, _mixed(len(family.members)), 0, MAX_NEW, EOS, ref.PAD_ID)
+    args = (model, prompt_ids, family, _mixed(len(family.members)), 0, DecodeProtocol(MAX_NEW, eos=EOS), ref.PAD_ID)
     filled = generate_per_token(*args)
     project = pertoken_generate.project
 
@@ -92,7 +93,7 @@ def test_skipped_layers_keys_values_are_read(tiny_model, prompt_ids, ref, monkey
 def test_probe_layer_must_be_kept_by_every_member(tiny_model, prompt_ids, ref):
     family = importance_family(DROP_ORDER, 6, keep=(0,))
     with pytest.raises(ValueError, match="does not keep"):
-        generate_per_token(tiny_model("llama"), prompt_ids, family, _constant(0), 1, MAX_NEW, EOS, ref.PAD_ID)
+        generate_per_token(tiny_model("llama"), prompt_ids, family, _constant(0), 1, DecodeProtocol(MAX_NEW, eos=EOS), ref.PAD_ID)
 
 
 def _outputs(model, prompts, ref):
@@ -157,6 +158,6 @@ def test_unsupported_layout_raises_bad_input(layout, tiny_model, prompt_ids, ref
     model = tiny_model(layout)
     family = early_exit_family(6)
     with pytest.raises(BadInput):
-        generate_per_token(model, prompt_ids, family, _constant(0), 0, MAX_NEW, EOS, ref.PAD_ID)
+        generate_per_token(model, prompt_ids, family, _constant(0), 0, DecodeProtocol(MAX_NEW, eos=EOS), ref.PAD_ID)
     with pytest.raises(BadInput):
         per_token_labels(model, prompt_ids, [[5, 1]] * len(prompt_ids), family, probe_layer=0)

@@ -12,6 +12,7 @@ from transformers import AutoConfig
 
 from conftest import ORACLE_MAX_NEW, ORACLE_TEXTS, one_thread
 from rounding import assert_rounding_close, max_difference, model_tolerance
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.generate import eos_ids, generate, generate_candidates
 from skiporacle.eval.model import num_layers
@@ -33,7 +34,7 @@ def _texts(ref, rows):
 def test_first_token_full_with_all_layers_is_plain_greedy_generate(layout, tiny_model, tokenizer, prompt_ids, ref):
     model = tiny_model(layout)
     eos = eos_ids(model, tokenizer)
-    got = generate(model, tokenizer, _texts(ref, prompt_ids), full(num_layers(model)), MAX_NEW, first_token="full")
+    got = generate(model, tokenizer, _texts(ref, prompt_ids), full(num_layers(model)), DecodeProtocol(MAX_NEW, first_token="full"))
     assert [list(g.tokens) for g in got] == ref.hf_greedy(model, prompt_ids, MAX_NEW, eos)
 
 
@@ -43,8 +44,8 @@ def test_first_token_full_gives_every_allocation_the_full_models_first_token(lay
     model = tiny_model(layout)
     n, eos, texts = num_layers(model), eos_ids(model, tokenizer), _texts(ref, prompt_ids)
     allocations = [parse_spec(s, n) for s in SKIPPING] + [full(n)]
-    shared = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, first_token="full")
-    default = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW)
+    shared = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW, first_token="full"))
+    default = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW))
     firsts = [row[-1].tokens[0] for row in shared]
     assert all(g.tokens[0] == first for row, first in zip(shared, firsts) for g in row)
     # Under the default the allocations' own first tokens differ from the full model's somewhere.
@@ -56,7 +57,7 @@ def test_first_token_full_gives_every_allocation_the_full_models_first_token(lay
             rest = [] if first in eos else ref.reference_greedy(model, p + [first], allocation.layers, MAX_NEW - 1, eos)
             want.append([first] + rest)
         assert [list(row[a].tokens) for row in shared] == want, allocation.spec
-        alone = generate(model, tokenizer, texts, allocation, MAX_NEW, first_token="full")
+        alone = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW, first_token="full"))
         assert [row[a] for row in shared] == alone, allocation.spec
 
 
@@ -64,23 +65,23 @@ def test_first_token_full_gives_every_allocation_the_full_models_first_token(lay
 def test_first_token_full_edge_cases(tiny_model, tokenizer, prompt_ids, ref):
     model = tiny_model("qwen2")
     texts, allocation = _texts(ref, prompt_ids), parse_spec("uniform:3", 6)
-    ten = generate(model, tokenizer, texts, allocation, MAX_NEW, first_token="full")
-    one = generate(model, tokenizer, texts, allocation, 1, first_token="full")
+    ten = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW, first_token="full"))
+    one = generate(model, tokenizer, texts, allocation, DecodeProtocol(1, first_token="full"))
     assert [g.tokens for g in one] == [g.tokens[:1] for g in ten]
-    assert [g.tokens for g in generate(model, tokenizer, texts, allocation, 0, first_token="full")] == [()] * len(texts)
+    assert [g.tokens for g in generate(model, tokenizer, texts, allocation, DecodeProtocol(0, first_token="full"))] == [()] * len(texts)
     firsts = [g.tokens[0] for g in ten]
     stop = firsts[1]  # make one prompt's first token its end: it stops there, the others go on
     with ref.eos_override(model, tokenizer, stop):
-        cut = generate(model, tokenizer, texts, allocation, MAX_NEW, first_token="full")
+        cut = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW, first_token="full"))
     assert cut[1].tokens == (stop,)
     for g, h in zip(cut, ten):
         if ref.EOS_ID not in h.tokens:  # rows that ran to the end before: cut at the new end, nothing else changes
             assert list(g.tokens) == ref.cut_at_eos(h.tokens, {stop})
     # With the prompt read by the allocation too, the first token is still the full model's.
-    own = generate(model, tokenizer, texts, allocation, MAX_NEW, prompt_under_allocation=True, first_token="full")
+    own = generate(model, tokenizer, texts, allocation, DecodeProtocol(MAX_NEW, prompt_under_allocation=True, first_token="full"))
     assert [g.tokens[0] for g in own] == firsts
-    with pytest.raises(ValueError):
-        generate(model, tokenizer, texts, allocation, MAX_NEW, first_token="last")
+    with pytest.raises(BadInput, match="first token rule 'last': choose from allocation, full"):
+        DecodeProtocol(MAX_NEW, first_token="last")
 
 
 @pytest.mark.usefixtures("single_thread")
@@ -89,7 +90,7 @@ def test_teacher_forced_passes_follow_the_first_token_protocol(tiny_model, token
     model = tiny_model("llama")
     texts, n = _texts(ref, prompt_ids), 6
     allocations = [parse_spec(s, n) for s in SKIPPING] + [full(n)]
-    outputs = generate_candidates(model, tokenizer, texts, allocations, MAX_NEW, first_token="full")
+    outputs = generate_candidates(model, tokenizer, texts, allocations, DecodeProtocol(MAX_NEW, first_token="full"))
     first_logits = teacher_forced_passes(
         model, tokenizer, texts, [row[-1].tokens for row in outputs], allocations,
         lambda hidden, targets, head: head(hidden).argmax(-1).tolist(), first_token="full")

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.oracle.records import ALLOCATIONS
 from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.persequence import (
@@ -120,8 +121,7 @@ def _brute_force(tiny_llm_dir, records):
     subsets = [named(s, NUM_LAYERS) for r in range(1, NUM_LAYERS + 1)
                for s in itertools.combinations(range(NUM_LAYERS), r)]
     with one_thread():
-        outputs = generate_candidates(model, tokenizer, [r["prompt"] for r in records], subsets, ORACLE_MAX_NEW,
-                                      decoder="per-candidate")
+        outputs = generate_candidates(model, tokenizer, [r["prompt"] for r in records], subsets, DecodeProtocol(ORACLE_MAX_NEW, decoder="per-candidate"))
     return [{a.layers: g.tokens for a, g in zip(subsets, row)} for row in outputs]
 
 
@@ -190,8 +190,7 @@ def test_score_greedy_outputs_are_real(tiny_llm_dir, oracle_data, tmp_path):
     for record in records:
         allocations = [Allocation(tuple(c["layers"]), NUM_LAYERS, c["spec"]) for c in record["candidates"]]
         with one_thread():
-            again = generate_candidates(model, tokenizer, [record["prompt"]], allocations, ORACLE_MAX_NEW,
-                                        decoder="per-candidate")[0]
+            again = generate_candidates(model, tokenizer, [record["prompt"]], allocations, DecodeProtocol(ORACLE_MAX_NEW, decoder="per-candidate"))[0]
         scores = sequence_scores("rougeL", [g.text for g in again], [record["references"]] * len(again))
         for c, g, s in zip(record["candidates"], again, scores):
             assert c["output"] == g.text and c["score"] == pytest.approx(s), (record["id"], c["spec"])

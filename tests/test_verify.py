@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.model import sliced_config
-from skiporacle.eval.generate import _prefill_prompt, generate_candidates, left_pad
+from skiporacle.eval.generate import prefill_prompt, generate_candidates, left_pad
 from skiporacle.eval.teacher_forcing import teacher_forced_passes
 from skiporacle.eval.verify import NEAR_TIE, verify_candidates
 from skiporacle.search.allocation import Allocation, full, parse_spec
@@ -26,14 +27,13 @@ SUBSETS = tuple(Allocation((0,) + rest, 6, "0," + ",".join(map(str, rest)))
 def _inputs(model, prompts):
     """The "allocation" protocol's shared prompt cache, its mask and the last prompt tokens."""
     ids, mask = left_pad(prompts, 0)
-    cache, prefix_mask, _ = _prefill_prompt(model, ids, mask, "allocation")
+    cache, prefix_mask, _ = prefill_prompt(model, ids, mask, "allocation")
     return cache, prefix_mask, ids[:, -1]
 
 
 def _generated(model, tokenizer, prompts, allocations, max_new, ref):
     """Greedy outputs [sequence][allocation] of the per-candidate reference decoder."""
-    out = generate_candidates(model, tokenizer, [ref.as_text(p) for p in prompts], allocations, max_new,
-                              decoder="per-candidate")
+    out = generate_candidates(model, tokenizer, [ref.as_text(p) for p in prompts], allocations, DecodeProtocol(max_new, decoder="per-candidate"))
     return [[list(g.tokens) for g in row] for row in out]
 
 
