@@ -106,3 +106,47 @@ def test_the_checks_can_fail(tmp_path):
     side.write_text("from skiporacle.cli import main\nimport skiporacle.eval.model\n")
     assert [(m, top) for m, _, top, _ in _imports(side)] == [("skiporacle.cli", True), ("skiporacle.eval.model", True)]
     assert _target("skiporacle.cli", "main", _modules()) == "skiporacle.cli.main"
+
+
+# Modules no test imports, each with the test that runs it and the text in that test that does so: the command
+# line is tested as a user meets it, through `skiporacle.cli.main` (or `python -m skiporacle.cli`), and the
+# figures and pages are drawn by the commands those tests run.
+REACHED_THROUGH = {
+    "skiporacle.cli.__main__": ("test_scale.py", '"-m", "skiporacle.cli"'),
+    "skiporacle.cli.arguments": ("test_bad_input.py", "--tolerance"),
+    "skiporacle.cli.controller_commands": ("test_controller.py", '"controller"'),
+    "skiporacle.cli.controller_parsers": ("test_pertoken.py", '"pertoken"'),
+    "skiporacle.cli.heal_command": ("test_heal.py", '"heal"'),
+    "skiporacle.cli.run_folder_commands": ("test_cli.py", '"dump"'),
+    "skiporacle.controller.plot": ("test_controller.py", "controller.png"),
+    "skiporacle.data.examples": ("test_data.py", "load_task"),
+    "skiporacle.eval.importance": ("test_oracle.py", '"importance"'),
+    "skiporacle.eval.plausibility": ("test_controller.py", '"plausibility"'),
+    "skiporacle.oracle.plausibility_file": ("test_controller.py", "plausibility.json"),
+    "skiporacle.oracle.report_page": ("test_report.py", '"report"'),
+    "skiporacle.oracle.schema": ("test_cli.py", '"dump"'),
+    "skiporacle.pertoken.study": ("test_pertoken.py", "pertoken.json"),
+    "skiporacle.pertoken.study_report": ("test_pertoken.py", "pertoken.png"),
+}
+
+
+def _tested_modules() -> set[str]:
+    """Every package module some test imports (function-level imports too)."""
+    modules, found = _modules(), set()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for module, names, _, _ in _imports(path):
+            found.update(_target(module, n, modules) for n in (names or ("",)))
+    return found & modules.keys()
+
+
+def test_every_module_has_a_test_or_a_stated_way_in():
+    """Tests mirror the package: each module is imported by a test, or `REACHED_THROUGH` names the test that
+    runs it and the text in it that does; a stated way in that no longer holds fails too."""
+    here = Path(__file__).parent
+    untested = sorted(m for m in _modules().keys() - _tested_modules() - REACHED_THROUGH.keys()
+                      if not m.endswith("__init__"))
+    assert not untested, "modules no test imports and REACHED_THROUGH does not name:\n" + "\n".join(untested)
+    stale = [m for m, (test, text) in REACHED_THROUGH.items()
+             if m not in _modules() or not (here / test).exists() or text not in (here / test).read_text(encoding="utf-8")]
+    assert not stale, f"stated ways in that do not hold: {stale}"
+    assert not REACHED_THROUGH.keys() & _tested_modules(), "imported by a test now: drop it from REACHED_THROUGH"
