@@ -56,7 +56,7 @@ def add_model_args(p: argparse.ArgumentParser, title: str = "model and decoding"
                    help=f"greedy tokens per sequence at most (default: the task's: {defaults})")
     g.add_argument("--metric", default=None,
                    help="per-sequence metric: rouge1, rouge2, rougeL, rougeLsum, bleu, chrf, exact_match (default: the task's)")
-    g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+    g.add_argument("--batch-size", "--max-batch", dest="batch_size", type=int, default=DEFAULTS.batch_size,
                    help="most sequences per batch (default 0: chosen from model and prompt sizes)")
     if prompt_under_allocation:
         g.add_argument("--prompt-under-allocation", action="store_true",

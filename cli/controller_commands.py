@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import time
 from functools import lru_cache, partial
 from pathlib import Path
 
 from skiporacle.cli.run_settings import placement_of, settings_from_args
-from skiporacle.controller.deploy import generate_with_controller
 from skiporacle.controller.evaluate import EvalSettings
 from skiporacle.pertoken.study import run_pertoken
 from skiporacle.pertoken.study_report import summary_lines
 from skiporacle.pertoken.study_settings import parse_taus, Study
-from skiporacle.controller.controller_run import load_controller, run_controller
+from skiporacle.controller.controller_run import run_controller
 from skiporacle.data.errors import BadInput
-from skiporacle.data.fingerprint import content_hash
-from skiporacle.eval.decode_protocol import DecodeProtocol, protocol_of
-from skiporacle.eval.generate import generate as run_generate
-from skiporacle.eval.metrics import sequence_scores
-from skiporacle.oracle.candidate_list import pinned_allocations
 from skiporacle.oracle.inputs import load_named_model
-from skiporacle.search.allocation import full
 
 
 def controller(args: argparse.Namespace) -> int:
@@ -71,56 +63,6 @@ def _fmt(value: float | None, span) -> str:
 
 def _span(span, scale: float = 1.0) -> str:
     return "n/a" if not span else f"{scale * span[0]:.1f}-{scale * span[1]:.1f}"
-
-
-def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer) -> int:
-    """`generate --controller DIR`: decide per sequence at prefill, generate with real skipping, and time it
-    against the full model on the same sequences in this process."""
-
-    stored, fitted = load_controller(Path(args.controller))
-    if stored["num_layers"] != inputs.num_layers:
-        raise BadInput(f"controller {args.controller!r} is for a model of {stored['num_layers']} layers; "
-                       f"{settings.model!r} has {inputs.num_layers}")
-    if stored["model"] != settings.model:
-        raise BadInput(f"controller {args.controller!r} was trained on model {stored['model']!r}, not {settings.model!r}")
-    protocol = settings.protocol
-    if protocol.first_token != protocol_of(stored).first_token or protocol.first_token != "allocation":
-        raise BadInput(f"--controller deploys under --first-token allocation, the protocol of its labels; "
-                       f"got {protocol.first_token!r}")
-    if not protocol.shares_prompt:
-        raise BadInput("--controller decodes with the prompt read by the full model, the protocol of its labels; "
-                       "drop --prompt-under-allocation")
-    seen = set(stored["train_content_hashes"]) & {content_hash(p) for p in inputs.prompts}
-    if seen:
-        raise BadInput(f"{len(seen)} of these prompts were among the controller's training rows (by content); "
-                       "choose other rows (--offset) so that the scores are honest")
-    tau = stored["tau"] if args.tau is None else args.tau
-    n = inputs.num_layers
-    allocations = pinned_allocations(stored["candidates"], n)
-    run_generate(model, tokenizer, inputs.prompts[:1], full(n), DecodeProtocol(2))  # warm-up: neither timed path pays first-call costs
-    deployed = generate_with_controller(model, tokenizer, inputs.prompts, allocations, fitted, tau,
-                                        protocol, settings.batch_size)
-    start = time.perf_counter()
-    baseline = run_generate(model, tokenizer, inputs.prompts, full(n), protocol, max_batch=settings.batch_size)
-    full_seconds = time.perf_counter() - start
-    texts = [g.text for g in deployed.generations]
-    scored = inputs.scored_references()
-    scores = sequence_scores(settings.metric, texts, scored)
-    full_scores = sequence_scores(settings.metric, [g.text for g in baseline], scored)
-    for example_id, choice, text, score in zip(inputs.ids, deployed.choices, texts, scores):
-        print(f"[{example_id}] {allocations[choice].spec} ({allocations[choice].cost} layers) "
-              f"{settings.metric}={score:.2f}\n  {text}")
-    layers = sum(allocations[c].cost for c in deployed.choices) / len(texts)
-    tokens = sum(len(g.tokens) for g in deployed.generations)
-    full_tokens = sum(len(g.tokens) for g in baseline)
-    print(f"\ncontroller (tau {tau:.2f}): mean {layers:.2f} of {n} layers ({100 * layers / n:.1f} %) per sequence; "
-          f"mean {settings.metric} {sum(scores) / len(scores):.2f} vs full model {sum(full_scores) / len(full_scores):.2f}")
-    print(f"time: controller {deployed.seconds:.1f} s ({tokens / deployed.seconds:.1f} tokens/s) vs full model "
-          f"{full_seconds:.1f} s ({full_tokens / full_seconds:.1f} tokens/s): speed ratio {full_seconds / deployed.seconds:.2f}x")
-    print(f"decisions: {1e3 * deployed.decide_seconds:.1f} ms in all, {1e6 * deployed.decide_seconds / len(texts):.0f} us "
-          f"per sequence, {100 * deployed.decide_seconds / full_seconds:.3f} % of the full model's generation time")
-    return 0
-
 
 
 def pertoken(args: argparse.Namespace) -> int:

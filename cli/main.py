@@ -12,13 +12,13 @@ import os
 import sys
 from typing import Callable
 
-from skiporacle.cli import controller_commands, heal_command, model_commands, run_folder_commands
+from skiporacle.cli import controller_commands, generate_command, heal_command, model_commands, run_folder_commands
 from skiporacle.cli.parsers import build_parser
 from skiporacle.cli.run_settings import placement_of
 from skiporacle.data.errors import BadInput, RunStopped
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "generate": model_commands.generate,
+    "generate": generate_command.generate,
     "oracle": model_commands.oracle,
     "rank": model_commands.rank,
     "heal": heal_command.heal,

@@ -1,58 +1,20 @@
-"""The subcommands that run the model on a task's rows: generate, oracle, rank.
+"""The subcommands that run the model on a task's rows: oracle and rank (generate has its own module).
 
 Each takes parsed arguments and returns an exit code; `run_commands.py` holds those that read a finished run."""
 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from skiporacle.cli.controller_commands import deploy
 from skiporacle.cli.run_settings import placement_of, replace_settings, settings_from_args
-from skiporacle.eval.generate import generate as run_generate
-from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
 from skiporacle.eval.ranking import cached_drop_order
 from skiporacle.oracle.candidate_list import parse_spaces
 from skiporacle.oracle.inputs import load_inputs, load_named_model
 from skiporacle.oracle.records import check_writable
 from skiporacle.oracle.oracle_run import run_oracle
 from skiporacle.oracle.workers import check_scheduler
-from skiporacle.search.allocation import check_spec, parse_spec
 from skiporacle.search.spaces import parse_budgets
-
-
-def generate(args: argparse.Namespace) -> int:
-    """Greedy outputs under one allocation, each with its score, then the mean."""
-    if not args.controller:
-        check_spec(args.layers)
-    device = placement_of(args).device
-    settings = settings_from_args(args)
-    model, tokenizer = load_named_model(settings.model, settings.dtype, device)
-    inputs = load_inputs(settings, model, tokenizer)
-    if args.controller:
-
-        return deploy(args, settings, inputs, model, tokenizer)
-    allocation = parse_spec(args.layers, inputs.num_layers)
-    start = time.perf_counter()
-    outputs = run_generate(model, tokenizer, inputs.prompts, allocation, settings.protocol, progress=True,
-                           max_batch=settings.batch_size)
-    seconds = time.perf_counter() - start
-    texts = [g.text for g in outputs]
-    scored = inputs.scored_references()
-    scores = sequence_scores(settings.metric, texts, scored)
-    for example_id, text, score, g in zip(inputs.ids, texts, scores, outputs):
-        print(f"[{example_id}] {settings.metric}={score:.2f} ({len(g.tokens)} tokens)\n  {text}")
-    tokens = sum(len(g.tokens) for g in outputs)
-    print(f"\nallocation {allocation.spec}: {allocation.cost}/{allocation.num_layers} layers "
-          f"({100 * allocation.fraction:.1f} %) per generated token; at most {settings.max_new_tokens} new tokens, "
-          f"the first predicted by the {'full model' if settings.first_token == 'full' else 'allocation'}")
-    print(f"mean {settings.metric} = {sum(scores) / len(scores):.2f} over {len(scores)} sequences; "
-          f"{tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tokens/s)")
-    if settings.metric.startswith("rouge") or settings.metric in ("bleu", "chrf"):
-        corpus = all_corpus_scores(texts, scored)
-        print("corpus: " + ", ".join(f"{k} {v:.2f}" for k, v in corpus.items()))
-    return 0
 
 
 def oracle(args: argparse.Namespace) -> int:

@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --controller: the threshold on the predicted probability (default: the controller's own)")
     gen.add_argument("--layers", default="all",
                      help="allocation: all, uniform:N (N layers kept), exit:L (layers 0..L-1), or a list like 0-10,12,15-29")
+    gen.add_argument("--out", metavar="FILE.jsonl",
+                     help=("stream the outputs to this JSON-lines file instead of printing them: one line per finished "
+                           "sequence (id, output, tokens, allocation, layers, score), written and fsynced per batch"))
+    gen.add_argument("--resume", action="store_true",
+                     help="with --out: continue a killed run; ids already written are skipped, none is written twice")
 
     hea = sub.add_parser("heal", help="distil one layer allocation back toward the full model (a healed variant)",
                          description=(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -48,10 +48,15 @@ def rows_of(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
 @torch.inference_mode()
 def generate_with_controller(
     model: PreTrainedModel, tokenizer, prompts: Sequence[str], allocations: Sequence[Allocation], fitted: Fitted,
-    tau: float, protocol: DecodeProtocol, max_batch: int = 0,
+    tau: float, protocol: DecodeProtocol, max_batch: int = 0, wanted: set[int] | None = None,
+    on_batch: Callable[[list[tuple[int, Generation, int]]], None] | None = None,
 ) -> Deployed:
     """Greedy outputs, each under the allocation the controller picks from its prompt (threshold `tau`), under
-    `protocol` with first-token rule "allocation" and the prompt read by the full model (the labels' protocol)."""
+    `protocol` with first-token rule "allocation" and the prompt read by the full model (the labels' protocol).
+
+    The prompts are planned once, all of them; with `wanted` only the batches holding a wanted index run, and
+    only wanted indices are reported (outputs of the others stay None).  `on_batch`, if given, gets each
+    finished batch's (index, generation, chosen candidate) of the wanted indices."""
     if protocol.first_token != "allocation" or not protocol.shares_prompt:
         raise ValueError(f"a controller deploys under its labels' protocol, not {protocol}")
     start = time.perf_counter()
@@ -62,7 +67,8 @@ def generate_with_controller(
     outputs: list[Generation | None] = [None] * len(prompts)
     choices = [0] * len(prompts)
     decide = 0.0
-    batches = plan_for(model, [len(r) for r in rows], max_batch)
+    batches = [b for b in plan_for(model, [len(r) for r in rows], max_batch)
+               if wanted is None or any(i in wanted for i in b)]
     for batch in batches:
         ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
         shared, features = prefill_features(model, ids[:, :-1], mask[:, :-1], DynamicCache())
@@ -79,5 +85,7 @@ def generate_with_controller(
             for b, tokens in zip(picked.tolist(), generated):
                 outputs[batch[b]] = Generation(tuple(tokens), output_text(tokenizer, tokens, eos))
                 choices[batch[b]] = a
+        if on_batch is not None:
+            on_batch([(i, outputs[i], choices[i]) for i in batch if wanted is None or i in wanted])
     return Deployed(outputs, choices, time.perf_counter() - start, decide, len(batches))  # type: ignore[arg-type]
 

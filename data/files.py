@@ -1,5 +1,5 @@
-"""Ground floor for every file the package writes: atomic replacement, JSON objects, the "different
-settings" refusal of a resume, and the package versions stored in metadata files."""
+"""Ground floor for every file the package writes: atomic replacement, JSON objects, crash-safe appended JSON
+lines, the "different settings" refusal of a resume, and the package versions stored in metadata files."""
 
 from __future__ import annotations
 
@@ -29,6 +29,44 @@ def write_json_atomic(path: Path, value: object) -> None:
     """Write JSON (indented, UTF-8, final newline) to path atomically (see `write_atomic`)."""
     text = json.dumps(value, indent=2, ensure_ascii=False) + "\n"
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_appended(path: Path, repair: bool = False) -> list[dict]:
+    """Every complete JSON line of an appended file (`append_lines`), in file order; [] without the file.
+
+    A last line without its newline, or unparsable, is a torn write (a crash mid-append): it is left out,
+    and with `repair` cut from the file.  A bad line before the last is refused (BadInput).
+    """
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows, good_end, start = [], 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        line = data[start:] if end < 0 else data[start:end]
+        try:
+            if end < 0:
+                raise ValueError("no newline")
+            rows.append(json.loads(line))
+        except ValueError:
+            if end >= 0 and data[end + 1 :].strip():
+                raise BadInput(f"{str(path)!r}: line {len(rows) + 1} is corrupt (not a torn last line)") from None
+            break
+        good_end = start = end + 1
+    if repair and good_end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+            os.fsync(f.fileno())
+    return rows
+
+
+def append_lines(path: Path, rows) -> None:
+    """Append each row as one JSON line (UTF-8, unescaped) and force them to disk before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_json_object(path: Path) -> dict | None:

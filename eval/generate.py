@@ -13,7 +13,7 @@ Shapes: B = sequences in a batch, P = padded prompt length, V = vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -154,38 +154,64 @@ def generate_candidates(
 ) -> list[list[Generation]]:
     """Greedy outputs [sequence][allocation] for every prompt under every allocation.
 
-    Tokenises and plans the prompts (`plan_for`), then runs each batch with
-    `generate_batch`: under the default protocol the full-model prompt cache of
-    a batch is computed once and shared by all allocations (with
-    `prompt_under_allocation` each allocation reads the prompt with its own
-    layers instead, so nothing is shared).  With first-token rule "full" the
-    first generated token of each sequence is the full model's, computed once
-    from that shared prefill.  EOS ids are the model's where `protocol` has
-    none.  Results do not depend on how many allocations are passed together.
-    `margins`, if given (a list), gets the reference path's top-2 logit margins
-    [sequence][allocation][token] (see `generate_batch`).
+    Under the default protocol the full-model prompt cache of a batch is
+    computed once and shared by all allocations (with `prompt_under_allocation`
+    each allocation reads the prompt with its own layers instead, so nothing is
+    shared).  With first-token rule "full" the first generated token of each
+    sequence is the full model's, computed once from that shared prefill.  EOS
+    ids are the model's where `protocol` has none.  Results do not depend on how
+    many allocations are passed together.  `margins`, if given (a list), gets
+    the reference path's top-2 logit margins [sequence][allocation][token]
+    (see `generate_batch`).
+    """
+    results: list[list[Generation]] = [[] for _ in prompts]
+    gaps: list = [None] * len(prompts)
+    for done in generate_in_batches(model, tokenizer, prompts, allocations, protocol, progress, max_batch,
+                                    margins=margins is not None):
+        for i, generations, per_gaps in done:
+            results[i], gaps[i] = generations, per_gaps
+    if margins is not None:
+        margins.extend(gaps)
+    return results
+
+
+def generate_in_batches(
+    model: PreTrainedModel,
+    tokenizer,
+    prompts: Sequence[str],
+    allocations: Sequence[Allocation],
+    protocol: DecodeProtocol,
+    progress: bool = False,
+    max_batch: int = 0,
+    wanted: set[int] | None = None,
+    margins: bool = False,
+) -> Iterator[list[tuple[int, list[Generation], list | None]]]:
+    """Per planned batch, as it finishes: (prompt index, its generations [allocation], its margins or None).
+
+    The prompts are tokenised and planned once, all of them (`plan_for`), so a
+    prompt's batch, and with it its output, never depends on `wanted`: only
+    the batches holding a wanted index (default: all) run, and only the wanted
+    indices come back.  That makes a resumed stream equal an uninterrupted one.
     """
     protocol = with_model_eos(protocol, model, tokenizer)
     rows = encode_prompts(tokenizer, prompts)
-    results: list[list[Generation]] = [[] for _ in prompts]
-    gaps: list = [None] * len(prompts)
-    bar = tqdm(total=len(prompts) * len(allocations), disable=not progress, unit="gen", desc="generate")
+    batches = [b for b in plan_for(model, [len(r) for r in rows], max_batch)
+               if wanted is None or any(i in wanted for i in b)]
+    bar = tqdm(total=sum(map(len, batches)) * len(allocations), disable=not progress, unit="gen", desc="generate")
 
     def run(part: list[int]) -> list[tuple[list[tuple[int, ...]], list | None]]:
-        part_gaps = [] if margins is not None else None
+        part_gaps = [] if margins else None
         generated = generate_batch(model, [rows[i] for i in part], allocations, protocol, tokenizer.pad_token_id,
                                    bar, part_gaps)
         return list(zip(generated, part_gaps or [None] * len(part)))
 
-    for batch in plan_for(model, [len(r) for r in rows], max_batch):  # a batch out of GPU memory runs in halves
-        for i, (per_allocation, per_gaps) in zip(batch, split_on_oom(run, batch)):
-            results[i] = [Generation(tokens, output_text(tokenizer, tokens, protocol.eos))
-                          for tokens in per_allocation]
-            gaps[i] = per_gaps
-    if margins is not None:
-        margins.extend(gaps)
-    bar.close()
-    return results
+    try:
+        for batch in batches:  # a batch out of GPU memory runs in halves
+            yield [(i, [Generation(t, output_text(tokenizer, t, protocol.eos)) for t in per_allocation], per_gaps)
+                   for i, (per_allocation, per_gaps) in zip(batch, split_on_oom(run, batch))
+                   if wanted is None or i in wanted]
+    finally:
+        bar.close()
 
 
 def generate(

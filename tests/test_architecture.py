@@ -116,6 +116,7 @@ REACHED_THROUGH = {
     "skiporacle.cli.arguments": ("test_bad_input.py", "--tolerance"),
     "skiporacle.cli.controller_commands": ("test_controller.py", '"controller"'),
     "skiporacle.cli.controller_parsers": ("test_pertoken.py", '"pertoken"'),
+    "skiporacle.cli.generate_command": ("test_generate_command.py", '"generate"'),
     "skiporacle.cli.heal_command": ("test_heal.py", '"heal"'),
     "skiporacle.cli.run_folder_commands": ("test_cli.py", '"dump"'),
     "skiporacle.controller.plot": ("test_controller.py", "controller.png"),

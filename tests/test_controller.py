@@ -232,6 +232,30 @@ def test_deployed_outputs_equal_the_engine_under_each_chosen_allocation(two_runs
                 assert [deployed.generations[i].tokens for i in rows] == [g.tokens for g in expected]
 
 
+
+def test_a_controllers_stream_resumes_to_the_uninterrupted_one(capsys, two_runs, controller_data, tmp_path):
+    """generate --controller --out: one line per sequence with its chosen allocation; a torn stream resumes."""
+    a, _ = two_runs
+    argv = ["generate", *controller_data, "--limit", 6, "--offset", 2 * ROWS - 6, "--max-new-tokens", 4,
+            "--controller", a / "controller", "--tau", 0.5, "--max-batch", 2]
+    whole, cut = tmp_path / "whole.jsonl", tmp_path / "cut.jsonl"
+    with one_thread():
+        code, out, err = run_cli(capsys, *argv, "--out", whole)
+        assert code == 0, err
+        lines = [json.loads(line) for line in whole.read_text().splitlines()]
+        assert sorted(r["id"] for r in lines) == [f"c{i:02d}" for i in range(2 * ROWS - 6, 2 * ROWS)]
+        stored = json.loads((a / "controller" / "model" / "settings.json").read_text())["candidates"]
+        assert all([r["allocation"], r["layers"]] == [c[0], len(c[1])] for r in lines
+                   for c in stored if c[0] == r["allocation"])
+        assert "speed ratio" not in out and "6 outputs in" in out  # streaming does not run the full model as well
+        raw = whole.read_bytes().splitlines(keepends=True)
+        cut.write_bytes(b"".join(raw[:3]) + raw[3][:5])
+        (tmp_path / "cut.jsonl.settings.json").write_bytes((tmp_path / "whole.jsonl.settings.json").read_bytes())
+        code, out, err = run_cli(capsys, *argv, "--out", cut, "--resume")
+    assert code == 0, err
+    assert "(3 resumed, 3 written now" in out and cut.read_bytes() == whole.read_bytes()
+
+
 def test_controller_bad_input(capsys, two_runs, controller_data, tmp_path):
     a, b = two_runs
     assert_bad(capsys, "controller", "--run", tmp_path / "missing", match="not a skiporacle run folder")
