@@ -26,6 +26,7 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.files import append_lines, read_appended, refuse_other_settings, write_json_atomic
 from skiporacle.eval.generate import Generation, generate as run_generate, generate_in_batches
 from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
+from skiporacle.eval.mixed_decode import cached_step_cost
 from skiporacle.oracle.candidate_list import pinned_allocations
 from skiporacle.oracle.inputs import load_inputs, load_named_model
 from skiporacle.search.allocation import Allocation, check_spec, full, parse_spec
@@ -82,8 +83,8 @@ def generate(args: argparse.Namespace) -> int:
         check_spec(args.layers)
     device = placement_of(args).device
     settings = settings_from_args(args)
-    decision = {"controller": str(Path(args.controller).resolve()), "tau": args.tau} if args.controller else \
-        {"layers": args.layers}
+    decision = {"controller": str(Path(args.controller).resolve()), "tau": args.tau,
+                "mixed_path": args.mixed_path} if args.controller else {"layers": args.layers}
     fingerprint = json.loads(json.dumps({**asdict(settings), **decision}))
     stream = open_stream(Path(args.out), fingerprint, args.resume) if args.out else None
     model, tokenizer = load_named_model(settings.model, settings.dtype, device)
@@ -152,6 +153,7 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream:
     allocations = pinned_allocations(stored["candidates"], n)
     scored = inputs.scored_references()
     run_generate(model, tokenizer, inputs.prompts[:1], full(n), DecodeProtocol(2))  # warm-up: neither timed path pays first-call costs
+    mixed = {"path": args.mixed_path, "cost": cached_step_cost(model) if args.mixed_path == "auto" else None}
     if stream is not None:
         def write(batch: list[tuple[int, Generation, int]]) -> None:
             scores = sequence_scores(settings.metric, [g.text for _, g, _ in batch], [scored[i] for i, _, _ in batch])
@@ -159,7 +161,7 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream:
 
         wanted = {i for i, e in enumerate(inputs.ids) if e not in stream.done}
         deployed = generate_with_controller(model, tokenizer, inputs.prompts, allocations, fitted, tau, protocol,
-                                            settings.batch_size, wanted, write)
+                                            settings.batch_size, wanted, write, **mixed)
         rows = read_appended(stream.path)
         layers = sum(r["layers"] for r in rows) / max(len(rows), 1)
         print(f"skiporacle: {len(rows)} outputs in {stream.path} ({len(stream.done)} resumed, "
@@ -168,7 +170,7 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream:
               f"mean {settings.metric} {sum(r['score'] for r in rows) / max(len(rows), 1):.2f}")
         return 0
     deployed = generate_with_controller(model, tokenizer, inputs.prompts, allocations, fitted, tau,
-                                        protocol, settings.batch_size)
+                                        protocol, settings.batch_size, **mixed)
     start = time.perf_counter()
     baseline = run_generate(model, tokenizer, inputs.prompts, full(n), protocol, max_batch=settings.batch_size)
     full_seconds = time.perf_counter() - start
@@ -185,6 +187,7 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream:
           f"mean {settings.metric} {sum(scores) / len(scores):.2f} vs full model {sum(full_scores) / len(full_scores):.2f}")
     print(f"time: controller {deployed.seconds:.1f} s ({tokens / deployed.seconds:.1f} tokens/s) vs full model "
           f"{full_seconds:.1f} s ({full_tokens / full_seconds:.1f} tokens/s): speed ratio {full_seconds / deployed.seconds:.2f}x")
+    print("batches decoded: " + ", ".join(f"{k} by {p}" for p, k in sorted(deployed.paths.items())))
     print(f"decisions: {1e3 * deployed.decide_seconds:.1f} ms in all, {1e6 * deployed.decide_seconds / len(texts):.0f} us "
           f"per sequence, {100 * deployed.decide_seconds / full_seconds:.3f} % of the full model's generation time")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from skiporacle.eval.mixed_decode import MIXED_PATHS
 from skiporacle.cli.arguments import Parser, add_data_args, add_decoding_args, add_device, add_model_args
 from skiporacle.cli.controller_parsers import add_controller_parsers
 from skiporacle.heal.heal_settings import DEFAULTS as HEAL
@@ -29,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--controller", metavar="DIR",
                      help=("decide each sequence's allocation at prefill with this controller (from `skiporacle controller`), "
                            "generate with real skipping, and time it against the full model on the same sequences"))
+    gen.add_argument("--mixed-path", choices=MIXED_PATHS, default="auto",
+                     help=("with --controller: how a batch whose sequences chose different allocations decodes. groups: "
+                           "each allocation's sequences together, one group after another; lanes: one loop, each layer "
+                           "run once on the rows that keep it; auto (default): the cheaper by a per-layer cost measured "
+                           "once on this machine (kept in the cache folder). Outputs are equal up to near-ties"))
     gen.add_argument("--tau", type=float, default=None,
                      help="with --controller: the threshold on the predicted probability (default: the controller's own)")
     gen.add_argument("--layers", default="all",

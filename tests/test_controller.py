@@ -207,7 +207,7 @@ def test_controller_cli_cross_run_and_deploy(capsys, two_runs, controller_data):
         code, out, err = run_cli(capsys, "generate", *controller_data, "--limit", 4, "--offset", 2 * ROWS - 4,
                                  "--max-new-tokens", 4, "--controller", a / "controller", "--tau", 0.0)
     assert code == 0, err
-    assert "speed ratio" in out and "decisions:" in out
+    assert "speed ratio" in out and "decisions:" in out and "batches decoded: " in out
 
 
 def test_deployed_outputs_equal_the_engine_under_each_chosen_allocation(two_runs, tiny_llm_dir):
@@ -224,8 +224,10 @@ def test_deployed_outputs_equal_the_engine_under_each_chosen_allocation(two_runs
     prompts = [r["prompt"] for r in map(json.loads, (a / "allocations.jsonl").read_text().splitlines())]
     model, tokenizer = load_model_cached(str(tiny_llm_dir), "float32")
     with one_thread():
-        for tau in (0.0, 0.5):
-            deployed = generate_with_controller(model, tokenizer, prompts, allocations, fitted, tau, DecodeProtocol(4))
+        for tau, path in itertools.product((0.0, 0.5), ("groups", "lanes")):
+            deployed = generate_with_controller(model, tokenizer, prompts, allocations, fitted, tau, DecodeProtocol(4),
+                                                path=path)
+            assert set(deployed.paths) == {path}
             for k in set(deployed.choices):
                 rows = [i for i, c in enumerate(deployed.choices) if c == k]
                 expected = generate(model, tokenizer, [prompts[i] for i in rows], allocations[k], DecodeProtocol(4))
