@@ -11,6 +11,7 @@ from skiporacle.controller.evaluate import EvalSettings
 from skiporacle.pertoken.study import run_pertoken
 from skiporacle.pertoken.study_report import summary_lines
 from skiporacle.pertoken.study_settings import parse_taus, Study
+from skiporacle.controller.controller_report import controller_lines
 from skiporacle.controller.controller_run import run_controller
 from skiporacle.data.errors import BadInput
 from skiporacle.oracle.inputs import load_named_model
@@ -29,40 +30,9 @@ def controller(args: argparse.Namespace) -> int:
     settings = EvalSettings(tolerance=args.tolerance, folds=args.folds, seed=args.seed, resamples=args.resamples)
     load = lru_cache(maxsize=1)(partial(load_named_model, device=placement_of(args).device))  # the train and test runs share a model
     result = run_controller(run, out, Path(args.train) if args.train else None, settings, load)
-    lo_hi = result["intervals"]
-    print(f"skiporacle: {result['mode']} on {result['sequences']} sequences of {run} "
-          f"({result['labels']} labels); wrote {out / 'controller.json'} and {out / 'controller.png'}")
-    print(f"full model: mean {result['metric']} {result['full_mean_score']:.2f}")
-    print(f"oracle (in-sample knapsack): full quality at {_fmt(result['oracle_layers_at_full_quality_percent'], lo_hi['oracle_layers_at_full_quality_percent'])} of layers")
-    print(f"controller (held-out, threshold mode): {_fmt(result['layers_at_full_quality_percent'], lo_hi['layers_at_full_quality_percent'])}; "
-          f"budget mode {_fmt(result['budget_mode']['layers_at_full_quality_percent'], result['budget_mode']['interval'])}")
-    fixed = result["fixed_threshold"]
-    print(f"controller at a threshold chosen on {fixed['tau_chosen_on']}: {fixed['percent_layers']:.1f} % of layers "
-          f"[{_span(fixed['percent_layers_ci95'])}], mean {result['metric']} minus full {fixed['mean_score_minus_full']:+.2f} "
-          f"[{_span(fixed['mean_score_minus_full_ci95'])}] (paired)")
-    kept = result["saving_kept"]
-    print("saving kept: " + ("none (the oracle saves nothing)" if kept is None else
-                             f"{100 * kept:.0f} % of the oracle's saving, 95 % interval "
-                             + _span(lo_hi["saving_kept"], scale=100)))
-    base = result["baselines"]
-    print(f"best single candidate (in-sample): full quality at {_fmt(base['static_layers_at_full_quality_percent'], base['static_interval'])}; "
-          f"controller minus it, paired: [{_span(base['controller_minus_static_percent_paired'])}] points")
-    print(f"baselines: shuffled oracle {_fmt(base['shuffled_oracle_layers_at_full_quality_percent'], None)}, "
-          f"prompt-length controller {_fmt(base['prompt_length_layers_at_full_quality_percent'], base['prompt_length_interval'])}")
-    if "learning_curve" in result:
-        print("learning curve (training rows per fold: held-out layers at full quality): " + ", ".join(
-            f"{p['train_rows']}: {_fmt(p['layers_at_full_quality_percent'], None)}" for p in result["learning_curve"]))
-    print(f"deployable controller (tau {result['deploy_tau']:.2f}): {out / 'model'}")
+    for line in controller_lines(result, run, out):
+        print(line)
     return 0
-
-
-def _fmt(value: float | None, span) -> str:
-    text = "never" if value is None else f"{value:.1f} %"
-    return text + (f" [{_span(span)}]" if span else "")
-
-
-def _span(span, scale: float = 1.0) -> str:
-    return "n/a" if not span else f"{scale * span[0]:.1f}-{scale * span[1]:.1f}"
 
 
 def pertoken(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from skiporacle.data.errors import BadInput
-from skiporacle.data.files import refuse_other_settings, write_json_atomic
+from skiporacle.data.files import append_lines, read_appended, refuse_other_settings, write_json_atomic
 
 ALLOCATIONS = "allocations.jsonl"
 SETTINGS = "settings.json"
@@ -75,41 +75,14 @@ def pin_candidates(out: Path, candidates: list) -> None:
 
 
 def read_records(out: Path, repair: bool = False) -> list[dict]:
-    """All complete records of a run, in file order.
-
-    With `repair`, a torn last line (a crash mid-write) is cut from the file.
-    """
-    path = out / ALLOCATIONS
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    records, good_end, start = [], 0, 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        line = data[start:] if end < 0 else data[start:end]
-        try:
-            if end < 0:
-                raise ValueError("no newline")
-            records.append(json.loads(line))
-        except ValueError:
-            if end >= 0 and data[end + 1 :].strip():
-                raise BadInput(f"{str(path)!r}: line {len(records) + 1} is corrupt (not a torn last line)") from None
-            break
-        good_end = start = end + 1
-    if repair and good_end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-            os.fsync(f.fileno())
-    return records
+    """All complete records of a run, in file order (see `files.read_appended`: with `repair`, a torn last
+    line, a crash mid-write, is cut from the file)."""
+    return read_appended(out / ALLOCATIONS, repair)
 
 
 def append_records(out: Path, records: Iterable[dict]) -> None:
     """Append records, one JSON line each, and force them to disk."""
-    with open(out / ALLOCATIONS, "a", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_lines(out / ALLOCATIONS, records)
 
 
 def load_run(out: Path) -> tuple[dict, list[dict], dict | None]:

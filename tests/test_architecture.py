@@ -119,6 +119,7 @@ REACHED_THROUGH = {
     "skiporacle.cli.generate_command": ("test_generate_command.py", '"generate"'),
     "skiporacle.cli.heal_command": ("test_heal.py", '"heal"'),
     "skiporacle.cli.run_folder_commands": ("test_cli.py", '"dump"'),
+    "skiporacle.controller.controller_report": ("test_controller.py", "deployable controller"),
     "skiporacle.controller.plot": ("test_controller.py", "controller.png"),
     "skiporacle.data.examples": ("test_data.py", "load_task"),
     "skiporacle.eval.importance": ("test_oracle.py", '"importance"'),

@@ -188,6 +188,8 @@ def test_controller_cli_cross_validates_and_saves(capsys, two_runs):
                 "curves", "baselines"):
         assert key in result
     assert result["mode"] == "cross-validation" and result["sequences"] == ROWS
+    assert f"full model: mean rougeL {result['full_mean_score']:.2f}\n" in out
+    assert f"deployable controller (tau {result['deploy_tau']:.2f}): {run / 'controller' / 'model'}\n" in out
     summary = json.loads((run / "summary.json").read_text())
     assert result["oracle_layers_at_full_quality_percent"] == pytest.approx(
         summary["knapsack"]["percent_layers_at_full_quality"])

@@ -1,0 +1,164 @@
+"""What each kind of decision saves in wall-clock: the full model, static allocations, 50/50 mixes of two
+allocations (nested and not) by groups and through the lanes, the per-sequence controller (with
+--controller DIR) and per-token decisions, side by side in one process on real XSum prompts.
+
+Per configuration and batch cap: prefill seconds, decode tokens/s and end-to-end seconds, each as a ratio to the
+full model's; for decisions that mix allocations, the ratio to the static allocation with the same mean layers
+(the heterogeneity cost); and the layer-count bound (full layers / mean layers).  Static allocations are also
+timed with the prompt read under the allocation (`--prompt-under-allocation`).  Every row decodes at most
+--new-tokens tokens and stops at EOS, as in use.  Per-token decisions here are synthetic (each token picks a
+member of the nested family at random, seeded, with the stated mean), since a probe needs labels; their cost
+includes the skipped layers' key/value fill.
+
+    python bench/deploy_speed.py [--n 40] [--caps 8,16] [--new-tokens 48] [--offset 700] [--controller DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from skiporacle.data.prompts import fit_prompt, prompt_budget
+from skiporacle.data.tasks import load_task
+from skiporacle.eval.batching import left_pad, plan_for
+from skiporacle.eval.cache import AllocationCache
+from skiporacle.eval.decode import greedy_decode, prefill, prefill_shared
+from skiporacle.eval.decode_protocol import DecodeProtocol
+from skiporacle.eval.generate import encode_prompts, eos_ids
+from skiporacle.eval.mixed_decode import cached_step_cost, decode_mixed
+from skiporacle.eval.model import allocation_view, num_layers
+from skiporacle.oracle.workers import load_model_cached
+from skiporacle.pertoken.token_generation import generate_per_token
+from skiporacle.search.allocation import Allocation, full, uniform
+from skiporacle.search.families import importance_family
+
+# Vital layers of SmolLM2-135M (0, 1, 11, 28, 29) kept; the others dropped from the top of the middle down.
+DROP_ORDER = [l for l in range(27, 1, -1) if l != 11]
+
+
+def _kept(n: int, keep: int) -> Allocation:
+    return importance_family(DROP_ORDER, n).members[n - keep]
+
+
+def run_config(model, rows, pad, cap, chosen_of, protocol, under=False, per_token=None) -> dict:
+    """Seconds of prefill and decode and generated tokens over the planned batches of `rows`."""
+    prefill_s = decode_s = 0.0
+    tokens = layers = 0
+    for batch in plan_for(model, [len(r) for r in rows], cap):
+        ids, mask = left_pad([rows[i] for i in batch], pad, model.device)
+        chosen = [chosen_of(i) for i in batch]
+        start = time.perf_counter()
+        if per_token is not None:
+            family, decide = per_token
+            prefill_shared(model, ids[:, :-1], mask[:, :-1])  # the engine's own prefill, timed apart
+            read = time.perf_counter() - start
+            start = time.perf_counter()
+            out = generate_per_token(model, [rows[i] for i in batch], family, decide, 1, protocol, pad)
+            prefill_s += read
+            decode_s += max(time.perf_counter() - start - read, 1e-9)  # the call reads the prompt again inside
+            tokens += sum(map(len, out.tokens))
+            layers += sum(map(sum, out.layers_run))
+            continue
+        if under:
+            (allocation,) = set(chosen)
+            view = allocation_view(model, allocation)
+            cache = prefill(view, ids[:, :-1], mask[:, :-1], AllocationCache(allocation.layers, None,
+                                                                               reserve=protocol.max_new_tokens + 1))
+            prefill_s += time.perf_counter() - start
+            start = time.perf_counter()
+            out = greedy_decode(view, cache, ids[:, -1], mask, protocol.max_new_tokens, protocol.eos)
+        else:
+            cache, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
+            prefill_s += time.perf_counter() - start
+            start = time.perf_counter()
+            out, _ = decode_mixed(model, cache, ids, mask, chosen, protocol, chosen_of.path, chosen_of.cost)
+        decode_s += time.perf_counter() - start
+        tokens += sum(map(len, out))
+        layers += sum(len(t) * a.cost for t, a in zip(out, chosen))
+    return {"prefill_s": prefill_s, "decode_s": decode_s, "total_s": prefill_s + decode_s, "tokens": tokens,
+            "mean_layers": layers / max(tokens, 1)}
+
+
+class Choice:
+    """chosen_of(i) -> the allocation of sequence i, with the decoding path for mixed batches."""
+
+    def __init__(self, pick, path="groups", cost=None):
+        self.pick, self.path, self.cost = pick, path, cost
+
+    def __call__(self, i: int) -> Allocation:
+        return self.pick(i)
+
+
+def _decider(members: int, target_member: float, seed: int):
+    """decide(hidden) -> a member per row: member 0 (all layers) or m, mixed so the mean member is the target."""
+    generator = torch.Generator().manual_seed(seed)
+    top = int(np.ceil(target_member))
+    share = target_member / top if top else 0.0
+
+    def decide(hidden: torch.Tensor) -> torch.Tensor:
+        pick = torch.rand(len(hidden), generator=generator) < share
+        return torch.where(pick, top, 0).to(hidden.device)
+
+    return decide
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=40)
+    p.add_argument("--caps", default="8,16")
+    p.add_argument("--new-tokens", type=int, default=48)
+    p.add_argument("--offset", type=int, default=700)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--controller", help="a controller folder: time its per-sequence decisions too")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model_cached("smollm2-135m", "float32", "cpu")
+    n = num_layers(model)
+    task, examples = load_task("xsum", limit=args.n, offset=args.offset)
+    _, budget = prompt_budget(model, tokenizer, args.new_tokens)
+    rows = encode_prompts(tokenizer, [fit_prompt(task, e, tokenizer, budget)[0] for e in examples])
+    protocol = DecodeProtocol(args.new_tokens, eos=eos_ids(model, tokenizer))
+    pad, cost = tokenizer.pad_token_id, cached_step_cost(model)
+    a30, a28, a24, a20 = full(n), _kept(n, 28), _kept(n, 24), _kept(n, 20)
+    other24 = uniform(24, n)  # 24 layers, not nested with the importance family's
+    family = importance_family(DROP_ORDER, n, keep=(0, 1))
+    a27 = _kept(n, 27)
+    configs = [
+        ("full", Choice(lambda i: a30), {}), ("static 28", Choice(lambda i: a28), {}), ("static 27", Choice(lambda i: a27), {}),
+        ("static 24", Choice(lambda i: a24), {}), ("static 20", Choice(lambda i: a20), {}),
+        ("full, prompt under", Choice(lambda i: a30), {"under": True}),
+        ("static 24, prompt under", Choice(lambda i: a24), {"under": True}),
+    ]
+    for name, x, y in (("nested 20/28", a20, a28), ("non-nested 24/uniform:24", a24, other24)):
+        for path in ("groups", "lanes"):
+            configs.append((f"mix {name}, {path}", Choice(lambda i, x=x, y=y: x if i % 2 else y, path), {}))
+    for target in (24, 27):
+        configs.append((f"per-token, mean {target}", Choice(lambda i: a30),
+                        {"per_token": (family, _decider(len(family.members), n - target, 0))}))
+    print(f"# deploy speed: {len(rows)} XSum prompts (rows {args.offset}-{args.offset + len(rows) - 1}), "
+          f"at most {args.new_tokens} new tokens, fp32, {args.threads} threads, {platform.processor() or platform.machine()}")
+    for cap in map(int, args.caps.split(",")):
+        run_config(model, rows[:cap], pad, cap, Choice(lambda i: a30), protocol)  # warm-up at this batch size
+        results = {name: run_config(model, rows, pad, cap, chosen_of, protocol, **extra)
+                   for name, chosen_of, extra in configs}
+        again = run_config(model, rows, pad, cap, configs[0][1], protocol)  # the full model first and last
+        print(f"\nbatch cap {cap}: the full model took {results['full']['total_s']:.2f} s first and "
+              f"{again['total_s']:.2f} s last (the run-to-run noise); the faster is the baseline")
+        base = results["full"] = min(results["full"], again, key=lambda r: r["total_s"])
+        print(f"{'decision':<38}{'layers':>7}{'prefill s':>10}{'decode tok/s':>13}{'total s':>9}"
+              f"{'prefill x':>10}{'decode x':>9}{'total x':>8}{'vs static':>10}{'bound':>7}")
+        for name, r in results.items():
+            rate = r["tokens"] / r["decode_s"]
+            static = results.get(f"static {round(r['mean_layers'])}")
+            hetero = f"{static['total_s'] / r['total_s']:.2f}" if static and not name.startswith("static") else ""
+            print(f"{name:<38}{r['mean_layers']:7.2f}{r['prefill_s']:10.2f}{rate:13.1f}{r['total_s']:9.2f}"
+                  f"{base['prefill_s'] / r['prefill_s']:10.2f}{rate / (base['tokens'] / base['decode_s']):9.2f}"
+                  f"{base['total_s'] / r['total_s']:8.2f}{hetero:>10}{n / r['mean_layers']:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
