@@ -11,7 +11,6 @@ from skiporacle.controller.evaluate import EvalSettings
 from skiporacle.pertoken.study import run_pertoken
 from skiporacle.pertoken.study_report import summary_lines
 from skiporacle.pertoken.study_settings import parse_taus, Study
-from skiporacle.controller.controller_report import controller_lines
 from skiporacle.controller.controller_run import run_controller
 from skiporacle.data.errors import BadInput
 from skiporacle.oracle.inputs import load_named_model
@@ -30,7 +29,7 @@ def controller(args: argparse.Namespace) -> int:
     settings = EvalSettings(tolerance=args.tolerance, folds=args.folds, seed=args.seed, resamples=args.resamples)
     load = lru_cache(maxsize=1)(partial(load_named_model, device=placement_of(args).device))  # the train and test runs share a model
     result = run_controller(run, out, Path(args.train) if args.train else None, settings, load)
-    for line in controller_lines(result, run, out):
+    for line in result.lines(out):
         print(line)
     return 0
 

@@ -29,11 +29,11 @@ from skiporacle.oracle.inputs import load_named_model
 from skiporacle.oracle.plausibility_file import write_plausibility
 from skiporacle.oracle.records import load_run
 from skiporacle.oracle.report import report_command
-from skiporacle.oracle.schema import dump_rows
+from skiporacle.oracle.schema import SequenceRecord, dump_rows
 from skiporacle.oracle.summary import resummarize
 
 
-def _finished(out: Path) -> tuple[dict, list[dict]]:
+def _finished(out: Path) -> tuple[dict, list[SequenceRecord]]:
     """(settings, records) of the run in `out`; BadInput if it holds no finished sequence yet."""
     settings, records, _ = load_run(out)
     if not records:
@@ -74,9 +74,10 @@ def curves(args: argparse.Namespace) -> int:
     if args.similarity > 0:
 
         model, tokenizer = load_named_model(settings["model"], settings["dtype"], placement_of(args).device)
-        n_layers = records[0]["full"]["cost"]
+        n_layers = records[0].full.cost
         budgets = [b for b in settings["budgets"] if b < n_layers]
-        sims = similarity(model, tokenizer, records[: args.similarity], budgets)
+        kept = records[: args.similarity]
+        sims = similarity(model, tokenizer, [r.prompt for r in kept], [r.full.token_ids for r in kept], budgets)
         path = write_similarity(out, sims, n_layers, f"{settings['model']} on {settings['task']}")
         print(f"skiporacle: wrote {path}")
     return 0
@@ -107,13 +108,13 @@ def perplexity(args: argparse.Namespace) -> int:
     settings, records = _finished(out)
     if "candidates" not in settings:
         raise BadInput(f"{str(out)!r} holds no finished sequence yet")
-    n = records[0]["full"]["cost"]
+    n = records[0].full.cost
     allocations = pinned_allocations(settings["candidates"], n)
     model, tokenizer = load_named_model(settings["model"], settings["dtype"], placement_of(args).device)
-    targets = [tokenizer(r["references"][0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    targets = [tokenizer(r.references[0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
                for r in records]
     start = time.perf_counter()
-    nlls = teacher_forced_passes(model, tokenizer, [r["prompt"] for r in records], targets, allocations, nll,
+    nlls = teacher_forced_passes(model, tokenizer, [r.prompt for r in records], targets, allocations, nll,
                                  first_token=protocol_of(settings).first_token)
     tokens = sum(map(len, targets))
     table = [{"spec": a.spec, "cost": a.cost, "perplexity": math.exp(sum(row[k] for row in nlls) / tokens)}

@@ -23,11 +23,14 @@ from skiporacle.controller.evaluate import (EvalSettings, cross_validated, evalu
 from skiporacle.controller.fixed import choose_tau, fair_point, nested_choices
 from skiporacle.controller.labels import Labels, load_labels
 from skiporacle.controller.classifier import fit, load_arrays, save_arrays
+from skiporacle.controller.evaluation_result import ControllerEvaluation
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import read_json_object, write_json_atomic
 from skiporacle.eval.decode_protocol import protocol_of
 from skiporacle.eval.features import FEATURE_VERSION, scalar_columns
 from skiporacle.oracle.records import SUMMARY
+from skiporacle.eval.features import prompt_features
+from skiporacle.controller.plot import plot_controller
 
 FEATURES = "features.npz"
 LEARNING_SHARES = (0.25, 0.5, 0.75, 1.0)  # shares of each fold's training rows in the learning curve
@@ -40,7 +43,6 @@ def run_features(labels: Labels, load_model) -> np.ndarray:
         stored = np.load(path)
         if int(stored["version"]) == FEATURE_VERSION and list(stored["ids"]) == labels.ids:
             return stored["features"]
-    from skiporacle.eval.features import prompt_features
 
     model, tokenizer = load_model(labels.settings["model"], labels.settings["dtype"])
     features = prompt_features(model, tokenizer, labels.prompts, progress=True)
@@ -109,7 +111,8 @@ def learning_curve(x, match, delta, labels: Labels, settings: EvalSettings, fold
     return points
 
 
-def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalSettings, load_model) -> dict:
+def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalSettings,
+                   load_model) -> ControllerEvaluation:
     """Evaluate a controller on `run` (k-fold, or trained on `train_run`), save it, write controller.json."""
     start = time.perf_counter()
     test = load_labels(run, min_sequences=2 * settings.folds if train_run is None else 1)
@@ -136,21 +139,14 @@ def run_controller(run: Path, out: Path, train_run: Path | None, settings: EvalS
     if variants[-1]:  # the guarded oracle of the same run, as summary.json computed it
         main = {**main, "oracle_layers_at_full_quality_percent_guarded":
                 (summary.get("guarded") or {}).get("knapsack", {}).get("percent_layers_at_full_quality")}
-    result = {
-        "run": test.run, "train_run": train.run, "mode": "cross-validation" if train is test else "cross-run",
-        "folds": settings.folds if train is test else None, "model": test.settings["model"],
-        "task": test.settings["task"], "metric": test.settings["metric"], "num_layers": test.num_layers,
-        "candidates": [c[0] for c in test.candidates], "costs": test.costs, "settings": asdict(settings),
-        **main,
-        **({"without_guard": blocks[False]} if len(variants) > 1 else {}),
-        "split_reference_oracle": summary.get("split_reference"),
-        "decision_microseconds_per_sequence": decide_us, "final_controller_train_seconds": train_seconds,
-        "deploy_tau": tau, "wall_seconds": time.perf_counter() - start,
-    }
-    write_json_atomic(out / "controller.json", result)
-    from skiporacle.controller.plot import plot_controller
-
-    plot_controller(out / "controller.png", result, test)
+    result = ControllerEvaluation(
+        test.run, train.run, "cross-validation" if train is test else "cross-run",
+        settings.folds if train is test else None, test.settings["model"], test.settings["task"],
+        test.settings["metric"], test.num_layers, [c[0] for c in test.candidates], test.costs, asdict(settings),
+        main, blocks[False] if len(variants) > 1 else None, summary.get("split_reference"), decide_us,
+        train_seconds, tau, time.perf_counter() - start)
+    result.write(out)
+    plot_controller(out / "controller.png", result.to_json(), test)
     return result
 
 

@@ -21,6 +21,7 @@ from skiporacle.oracle.plausibility_file import PLAUSIBILITY
 from skiporacle.oracle.records import load_run
 from skiporacle.oracle.stats import token_matrix
 from skiporacle.oracle.table import RunTable
+from skiporacle.oracle.schema import SequenceRecord
 
 @dataclass(frozen=True)
 class Labels:
@@ -60,18 +61,18 @@ def load_labels(run: Path, min_sequences: int = 1) -> Labels:
     settings, records, _ = load_run(run)
     if len(records) < min_sequences:
         raise BadInput(f"{str(run)!r} holds {len(records)} finished sequences; this needs at least {min_sequences}")
-    records = sorted(records, key=lambda r: r["id"])
+    records = sorted(records, key=lambda r: r.id)
     table = RunTable.from_records(records)
     specs, costs, scores = table.specs, table.costs, table.scores
     tokens = token_matrix(records).astype(int)
     candidates = settings["candidates"]  # the full model is pinned last
     if [c[0] for c in candidates] != specs:
         raise BadInput(f"{str(run)!r}: its records do not follow its pinned candidate list")
-    return Labels(str(run), settings, [r["id"] for r in records], [r["prompt"] for r in records], candidates,
+    return Labels(str(run), settings, [r.id for r in records], [r.prompt for r in records], candidates,
                   costs, scores, tokens, _plausible(run, records, specs))
 
 
-def _plausible(run: Path, records: list[dict], specs: list[str]) -> np.ndarray | None:
+def _plausible(run: Path, records: list[SequenceRecord], specs: list[str]) -> np.ndarray | None:
     """The plausibility guard's mask [N, K] at the margin stored with the table, or None without a table."""
     path = run / PLAUSIBILITY
     if not path.exists():

@@ -59,7 +59,7 @@ def read_json(path: Path) -> list[dict]:
     return data
 
 
-def read_records(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     """Rows of a JSONL/JSON/CSV/Parquet file or a ``save_to_disk`` folder, as dicts."""
     if path.is_dir():
         import datasets  # slow import, only for this format

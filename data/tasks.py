@@ -13,7 +13,7 @@ from pathlib import Path
 from skiporacle.data.errors import BadInput
 from skiporacle.data.examples import METRICS, Example, Task, check_window, finish  # noqa: F401 (re-exported)
 from skiporacle.data.ptb import detokenize_ptb
-from skiporacle.data.readers import bad as _bad, field as _field, lines as _lines, read_records as _read_records
+from skiporacle.data.readers import bad as _bad, field as _field, lines as _lines, read_rows as _read_rows
 
 TASK_NAMES: tuple[str, ...] = (
     "xsum", "cnndm", "samsum", "alpaca", "self-instruct", "gsm8k", "wmt22:<src>-<tgt>",
@@ -162,7 +162,7 @@ def load_task(name: str, limit: int | None = None, offset: int = 0) -> tuple[Tas
     relative, to_rows = _BUILTIN[name]
     path = _needed(relative)
     triples = []
-    for index, row in enumerate(_read_records(path)):
+    for index, row in enumerate(_read_rows(path)):
         try:
             triples.extend(to_rows(index, row))
         except KeyError as e:
@@ -190,7 +190,7 @@ def load_file(path: str | Path, input_field: str, reference_field: str, id_field
     if not path.exists():
         raise _bad(f"input file {path} not found")
     triples = []
-    for index, row in enumerate(_read_records(path)):
+    for index, row in enumerate(_read_rows(path)):
         where = f"{path} row {index}"
         row_id = _field(row, id_field, where) if id_field else index
         source, refs = _field(row, input_field, where), _field(row, reference_field, where)

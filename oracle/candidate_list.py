@@ -16,6 +16,8 @@ from skiporacle.heal.variants import DEFAULT_FOLDER, healed_space, variant_weigh
 from skiporacle.oracle.records import IMPORTANCE
 from skiporacle.search.allocation import Allocation, check_budget, full
 from skiporacle.search.spaces import early_exit_space, file_space, importance_space, random_space, uniform_space
+from skiporacle.data.files import write_json_atomic
+from skiporacle.eval.ranking import cached_drop_order, read_ranking
 
 
 
@@ -155,8 +157,6 @@ def build_candidates(settings, inputs, out: Path, model, tokenizer, progress: bo
 def drop_order(r: SpaceRequest) -> tuple[int, ...]:
     """The importance drop order: from `settings.importance_file`, else measured once per run folder on the
     calibration split."""
-    from skiporacle.data.files import write_json_atomic
-    from skiporacle.eval.ranking import cached_drop_order, read_ranking
 
     settings, inputs = r.settings, r.inputs
     if settings.importance_file:

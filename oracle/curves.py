@@ -21,12 +21,13 @@ from skiporacle.oracle.frontier import best_totals, frontiers  # noqa: E402
 from skiporacle.oracle.splitref import has_split, held_out_curve, split_scores  # noqa: E402
 from skiporacle.oracle.bootstrap import RESAMPLES, interval, mean_ci, resample_rows  # noqa: E402
 from skiporacle.oracle.table import RunTable  # noqa: E402
+from skiporacle.oracle.schema import SequenceRecord
 
 FIELDS = ("series", "spec", "percent_layers", "mean_score", "low", "high")
 
 
-def curve_rows(records: list[dict], tolerance: float, resamples: int = RESAMPLES, seed: int = 0,
-               metric: str | None = None, out: Path | None = None) -> list[dict]:
+def curve_rows(records: list[SequenceRecord], tolerance: float, resamples: int = RESAMPLES, seed: int = 0,
+               metric: str | None = None, out: Path | None = None) -> list[SequenceRecord]:
     """One row per plotted point: static candidates by space, knapsack curve, rule points, full model.
 
     Bands resample sequences by position in id order (`stats.resample_rows`), as summary.json's
@@ -38,7 +39,7 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int = RESAMPLES
     table = RunTable.from_records(records)
     specs, costs, scores, full = table.specs, table.costs, table.scores, table.full_scores
     n, n_layers = len(records), table.num_layers
-    boot = resample_rows([r["id"] for r in records], seed, resamples)
+    boot = resample_rows([r.id for r in records], seed, resamples)
     rows = []
 
     def point(series, spec, layers, values):
@@ -85,7 +86,7 @@ def curve_rows(records: list[dict], tolerance: float, resamples: int = RESAMPLES
     return rows
 
 
-def write_curves(out: Path, records: list[dict], settings: dict, resamples: int = RESAMPLES) -> tuple[Path, Path]:
+def write_curves(out: Path, records: list[SequenceRecord], settings: dict, resamples: int = RESAMPLES) -> tuple[Path, Path]:
     """Write curves.csv and curves.png into the run folder."""
     rows = curve_rows(records, settings["tolerance"], resamples, settings["seed"], settings["metric"], out)
     csv_path, png_path = out / "curves.csv", out / "curves.png"

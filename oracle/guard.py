@@ -24,6 +24,7 @@ from skiporacle.oracle.choose import FULL, cheapest_matching, or_full
 from skiporacle.oracle.plausibility_file import PLAUSIBILITY
 from skiporacle.oracle.bootstrap import mean_ci, paired
 from skiporacle.oracle.stats import knapsack_stats, rule_stats
+from skiporacle.oracle.schema import SequenceRecord
 
 
 def _nll(value, where: str) -> float | None:
@@ -34,7 +35,7 @@ def _nll(value, where: str) -> float | None:
     return float(value)
 
 
-def plausible_mask(records: list[dict], plausibility: dict, margin: float) -> np.ndarray:
+def plausible_mask(records: list[SequenceRecord], plausibility: dict, margin: float) -> np.ndarray:
     """Plausible [N, K] (bool), columns as `RunTable`'s, the full model (last) always True.
 
     BadInput if a record's id or one of its candidate specs is missing from `plausibility`, or an NLL
@@ -45,24 +46,24 @@ def plausible_mask(records: list[dict], plausibility: dict, margin: float) -> np
     sequences = plausibility.get("sequences") if isinstance(plausibility, dict) else None
     if not isinstance(sequences, dict):
         raise BadInput(f"{PLAUSIBILITY}: no \"sequences\" object")
-    mask = np.ones((len(records), len(records[0]["candidates"]) + 1), dtype=bool) if records else np.ones((0, 1), bool)
+    mask = np.ones((len(records), len(records[0].candidates) + 1), dtype=bool) if records else np.ones((0, 1), bool)
     for i, record in enumerate(records):
-        entry = sequences.get(record["id"])
+        entry = sequences.get(record.id)
         if not isinstance(entry, dict) or not isinstance(entry.get("candidates"), dict):
-            raise BadInput(f"{PLAUSIBILITY}: no entry with candidates for sequence {record['id']!r}")
-        full = _nll(entry.get("full"), f"the full NLL of {record['id']!r}")
-        for k, c in enumerate(record["candidates"]):
-            if c["spec"] not in entry["candidates"]:
-                raise BadInput(f"{PLAUSIBILITY}: sequence {record['id']!r} has no NLL for {c['spec']!r}")
-            nll = _nll(entry["candidates"][c["spec"]], f"the NLL of {c['spec']!r} for {record['id']!r}")
-            mask[i, k] = c["identical"] or (nll is not None and full is not None and nll <= full + margin)
+            raise BadInput(f"{PLAUSIBILITY}: no entry with candidates for sequence {record.id!r}")
+        full = _nll(entry.get("full"), f"the full NLL of {record.id!r}")
+        for k, c in enumerate(record.candidates):
+            if c.spec not in entry["candidates"]:
+                raise BadInput(f"{PLAUSIBILITY}: sequence {record.id!r} has no NLL for {c.spec!r}")
+            nll = _nll(entry["candidates"][c.spec], f"the NLL of {c.spec!r} for {record.id!r}")
+            mask[i, k] = c.identical or (nll is not None and full is not None and nll <= full + margin)
     return mask
 
 
-def missing_sequences(records: list[dict], plausibility: dict) -> list[str]:
+def missing_sequences(records: list[SequenceRecord], plausibility: dict) -> list[str]:
     """Ids of the records that `plausibility` has no entry for (a table made before a run was resumed)."""
     table = plausibility.get("sequences")
-    return [r["id"] for r in records if not isinstance(table, dict) or r["id"] not in table]
+    return [r.id for r in records if not isinstance(table, dict) or r.id not in table]
 
 
 def read_plausibility(out: Path) -> dict | None:
@@ -76,7 +77,7 @@ def read_plausibility(out: Path) -> dict | None:
     return data
 
 
-def guarded(records: list[dict], plausibility: dict, scores: np.ndarray, costs: list[int], tolerance: float,
+def guarded(records: list[SequenceRecord], plausibility: dict, scores: np.ndarray, costs: list[int], tolerance: float,
             tokens: np.ndarray, boot: np.ndarray, unguarded_point: float | None, unguarded_percents: np.ndarray,
             unguarded_rule: np.ndarray) -> dict:
     """The `guarded` block of summary.json: rule and knapsack over plausible candidates only.

@@ -26,7 +26,7 @@ from skiporacle.eval.generate import encode_prompts
 from skiporacle.oracle.candidate_list import build_candidates, pinned_candidates
 from skiporacle.oracle.inputs import load_inputs, load_named_model
 from skiporacle.oracle.records import SUMMARY, append_records, check_writable, open_run, pin_candidates
-from skiporacle.oracle.schema import make_record
+from skiporacle.oracle.schema import SequenceRecord, make_record
 from skiporacle.oracle.oracle_settings import OracleSettings, fingerprint
 from skiporacle.oracle.summary import resummarize, summarize
 from skiporacle.oracle.search import check_search, search_plan, search_strategy
@@ -90,7 +90,7 @@ def run_oracle(
                 if inputs.ids[i] not in done
             ]
             append_records(out, records)
-            done.update(r["id"] for r in records)
+            done.update(r.id for r in records)
             bar.update(len(records))
     finally:
         torch.set_num_threads(saved_threads)  # score_rows set it in this process too
@@ -101,11 +101,11 @@ def run_oracle(
                      extra={"workers": workers, "resumed_sequences": resumed, "machine": _machine(threads, device)})
 
 
-def _record(example_id: str, prompt: str, references: list[str], row, tolerance: float) -> dict:
+def _record(example_id: str, prompt: str, references: list[str], row, tolerance: float) -> SequenceRecord:
     """A sequence's record from its scored candidates, or from a search's (candidates, search statistics)."""
     if isinstance(row, tuple):
         candidates, search = row
-        return {**make_record(example_id, prompt, references, candidates, tolerance), "search": search}
+        return make_record(example_id, prompt, references, candidates, tolerance, search)
     return make_record(example_id, prompt, references, row, tolerance)
 
 

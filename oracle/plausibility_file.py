@@ -13,6 +13,8 @@ from pathlib import Path
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import write_json_atomic
 from skiporacle.oracle.records import load_run
+from skiporacle.eval.plausibility import output_nll
+import json
 
 PLAUSIBILITY = "plausibility.json"
 DEFAULT_MARGIN = 2.0  # nats/token: the review counted outputs this far above the full output's as degenerate
@@ -20,7 +22,6 @@ DEFAULT_MARGIN = 2.0  # nats/token: the review counted outputs this far above th
 
 def write_plausibility(out: Path, margin: float, load_model, progress: bool = True) -> dict:
     """Compute (or re-use, if it covers every record) the NLL table and store it with `margin`."""
-    from skiporacle.eval.plausibility import output_nll
 
     if not margin >= 0 or math.isinf(margin):
         raise BadInput(f"--margin must be a non-negative number of nats per token, got {margin}")
@@ -30,13 +31,13 @@ def write_plausibility(out: Path, margin: float, load_model, progress: bool = Tr
     path = out / PLAUSIBILITY
     stored = _read(path)
     start = time.perf_counter()
-    if stored is None or set(stored["sequences"]) != {r["id"] for r in records}:
+    if stored is None or set(stored["sequences"]) != {r.id for r in records}:
         model, tokenizer = load_model(settings["model"], settings["dtype"])
-        specs = [c["spec"] for c in records[0]["candidates"]]
-        texts = [[c["output"] for c in r["candidates"]] + [r["full"]["output"]] for r in records]
-        nll = output_nll(model, tokenizer, [r["prompt"] for r in records], texts, progress)
+        specs = [c.spec for c in records[0].candidates]
+        texts = [[c.output for c in r.columns] for r in records]
+        nll = output_nll(model, tokenizer, [r.prompt for r in records], texts, progress)
         nll = [[None if math.isinf(v) else v for v in row] for row in nll]  # null: an empty output, nothing to judge
-        table = {r["id"]: {"full": row[-1], "candidates": dict(zip(specs, row[:-1]))} for r, row in zip(records, nll)}
+        table = {r.id: {"full": row[-1], "candidates": dict(zip(specs, row[:-1]))} for r, row in zip(records, nll)}
         stored = {"sequences": table, "seconds": time.perf_counter() - start}
     stored = {**stored, "margin": margin}
     write_json_atomic(path, stored)
@@ -44,7 +45,6 @@ def write_plausibility(out: Path, margin: float, load_model, progress: bool = Tr
 
 
 def _read(path: Path) -> dict | None:
-    import json
 
     if not path.exists():
         return None

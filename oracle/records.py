@@ -19,6 +19,7 @@ from typing import Iterable
 
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import append_lines, read_appended, refuse_other_settings, write_json_atomic
+from skiporacle.oracle.schema import SequenceRecord
 
 ALLOCATIONS = "allocations.jsonl"
 SETTINGS = "settings.json"
@@ -59,7 +60,7 @@ def open_run(out: Path, settings: dict, resume: bool) -> set[str]:
         (out / IMPORTANCE).unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         write_json_atomic(stored_path, settings)
-    return {r["id"] for r in read_records(out, repair=True)}
+    return {r.id for r in read_records(out, repair=True)}
 
 
 def pin_candidates(out: Path, candidates: list) -> None:
@@ -74,18 +75,18 @@ def pin_candidates(out: Path, candidates: list) -> None:
         write_json_atomic(out / SETTINGS, {**stored, "candidates": candidates})
 
 
-def read_records(out: Path, repair: bool = False) -> list[dict]:
+def read_records(out: Path, repair: bool = False) -> list[SequenceRecord]:
     """All complete records of a run, in file order (see `files.read_appended`: with `repair`, a torn last
     line, a crash mid-write, is cut from the file)."""
-    return read_appended(out / ALLOCATIONS, repair)
+    return [SequenceRecord.from_json(r) for r in read_appended(out / ALLOCATIONS, repair)]
 
 
-def append_records(out: Path, records: Iterable[dict]) -> None:
+def append_records(out: Path, records: Iterable[SequenceRecord]) -> None:
     """Append records, one JSON line each, and force them to disk."""
-    append_lines(out / ALLOCATIONS, records)
+    append_lines(out / ALLOCATIONS, (r.to_json() for r in records))
 
 
-def load_run(out: Path) -> tuple[dict, list[dict], dict | None]:
+def load_run(out: Path) -> tuple[dict, list[SequenceRecord], dict | None]:
     """(settings, records, summary or None) of a finished or partial run; BadInput if it is no run."""
     if not (out / SETTINGS).exists():
         raise BadInput(f"{str(out)!r} is not a skiporacle run folder (no {SETTINGS})")

@@ -26,6 +26,10 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.files import read_json_object
 from skiporacle.oracle.records import load_run
 from skiporacle.oracle.report_figures import controller_block, fmt, headline
+from skiporacle.oracle.schema import SequenceRecord
+from skiporacle.oracle.curves import write_curves
+from skiporacle.oracle.guard import read_plausibility
+from skiporacle.oracle.report_page import TEMPLATE
 
 REPORT = "report.html"
 CONTROLLER = Path("controller") / "controller.json"
@@ -35,7 +39,7 @@ def _clean(x, digits: int = 4):
     return None if x is None or not math.isfinite(x) else round(float(x), digits)
 
 
-def page_data(records: list[dict], plausibility: dict | None) -> dict:
+def page_data(records: list[SequenceRecord], plausibility: dict | None) -> dict:
     """The per-sequence block: candidate specs and output strings stored once, every sequence compactly.
 
     Sequence: id, p (prompt), r (references), f = [output index, tokens, score, cost, NLL],
@@ -46,19 +50,19 @@ def page_data(records: list[dict], plausibility: dict | None) -> dict:
     table = (plausibility or {}).get("sequences") or {}
     sequences = []
     for r in records:
-        nll = table.get(r["id"]) if isinstance(table.get(r["id"]), dict) else {}
+        nll = table.get(r.id) if isinstance(table.get(r.id), dict) else {}
         by_spec = nll.get("candidates") if isinstance(nll.get("candidates"), dict) else {}
-        full = r["full"]
+        full = r.full
         sequences.append({
-            "id": str(r["id"]), "p": r["prompt"], "r": r["references"],
-            "f": [strings.setdefault(full["output"], len(strings)), full["tokens"], _clean(full["score"]),
-                  full["cost"], _clean(nll.get("full"))],
-            "c": [[specs.setdefault(c["spec"], len(specs)), c["cost"], _clean(c["score"]), c["tokens"],
-                   int(bool(c["identical"])), strings.setdefault(c["output"], len(strings)), _clean(by_spec.get(c["spec"]))]
-                  for c in r["candidates"]],
-            "t": r["choice"]["tolerance"], "e": r["choice"]["exact"],
+            "id": str(r.id), "p": r.prompt, "r": list(r.references),
+            "f": [strings.setdefault(full.output, len(strings)), full.tokens, _clean(full.score),
+                  full.cost, _clean(nll.get("full"))],
+            "c": [[specs.setdefault(c.spec, len(specs)), c.cost, _clean(c.score), c.tokens,
+                   int(bool(c.identical)), strings.setdefault(c.output, len(strings)), _clean(by_spec.get(c.spec))]
+                  for c in r.candidates],
+            "t": r.choice_rule, "e": r.choice_exact,
         })
-    return {"specs": list(specs), "strings": list(strings), "num_layers": records[0]["full"]["cost"],
+    return {"specs": list(specs), "strings": list(strings), "num_layers": records[0].full.cost,
             "margin": None if plausibility is None else plausibility.get("margin"), "sequences": sequences}
 
 
@@ -76,13 +80,12 @@ def _png(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def images(out: Path, records: list[dict], settings: dict) -> tuple[list[tuple[str, str]], list[str]]:
+def images(out: Path, records: list[SequenceRecord], settings: dict) -> tuple[list[tuple[str, str]], list[str]]:
     """([(caption, base64 PNG)], [notes on plots that are missing]); draws curves.png if it is missing."""
     shown, missing = [], []
     if (out / "curves.png").exists():
         shown.append(("compute vs quality (curves.png)", _png(out / "curves.png")))
     else:
-        from skiporacle.oracle.curves import write_curves
 
         with tempfile.TemporaryDirectory() as tmp:
             if (out / "split_scores.json").exists():  # the re-scored outputs' cache, so nothing is scored twice
@@ -102,8 +105,6 @@ def render(out: Path) -> str:
     """The report page of the run in `out` as a string (BadInput: no run, or no finished sequence)."""
     import jinja2
 
-    from skiporacle.oracle.guard import read_plausibility
-    from skiporacle.oracle.report_page import TEMPLATE
 
     settings, records, summary = load_run(out)
     if not records:
@@ -117,7 +118,7 @@ def render(out: Path) -> str:
     info = [("model", settings.get("model")), ("task", settings.get("task") if not settings.get("data_file")
                                                  else f"file:{settings['data_file']}"),
             ("metric", settings.get("metric")), ("sequences (N)", len(records)),
-            ("candidates", len(records[0]["candidates"]) + 1), ("layers", records[0]["full"]["cost"])]
+            ("candidates", len(records[0].candidates) + 1), ("layers", records[0].full.cost)]
     info += [(k, v) for k, v in settings.items() if k not in ("model", "task", "metric", "candidates")]
     info += [(f"summary: {k}", summary[k]) for k in ("wall_seconds", "workers", "machine", "versions")
              if summary and k in summary]

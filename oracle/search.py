@@ -40,6 +40,7 @@ from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.persequence import (
     STRATEGIES, Judged, Path, advance, complete, greedy_proposals, random_advance, random_proposals, start,
 )
+from skiporacle.oracle.candidate_list import SpaceRequest, drop_order
 
 RULES = ("score", "exact")
 
@@ -70,7 +71,6 @@ def search_strategy(spaces) -> str | None:
 def search_plan(strategy: str, settings, inputs, out, model, tokenizer, progress: bool) -> SearchPlan:
     """The plan of a search run: its columns (min(--budgets) .. all layers but one) and the importance order
     that fills them below where a path stopped (`--importance FILE`, else measured on the calibration rows)."""
-    from skiporacle.oracle.candidate_list import SpaceRequest, drop_order
 
     n = inputs.num_layers
     floor = min(settings.budgets)

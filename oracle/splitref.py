@@ -28,17 +28,18 @@ from skiporacle.oracle.choose import FULL, cheapest_matching, or_full
 from skiporacle.oracle.frontier import SLACK, chosen_totals, frontiers
 from skiporacle.oracle.bootstrap import interval, mean_ci, paired
 from skiporacle.oracle.stats import knapsack_stats, rule_stats
+from skiporacle.oracle.schema import SequenceRecord
 
 SPLIT_SCORES = "split_scores.json"  # cache of the re-scored outputs: ROUGE against 10 references is slow
 STEP = 0.25  # curve grid, in mean layers per sequence (as KnapsackCurve.points)
 
 
-def has_split(records: list[dict]) -> bool:
+def has_split(records: list[SequenceRecord]) -> bool:
     """Whether every record has at least two references."""
-    return bool(records) and all(len(r["references"]) >= 2 for r in records)
+    return bool(records) and all(len(r.references) >= 2 for r in records)
 
 
-def split_scores(records: list[dict], metric: str, out: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_scores(records: list[SequenceRecord], metric: str, out: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(first [N, K], others [N, K]): every output (full model last) scored against references[0] alone
     and against references[1:].  Needs `has_split(records)`.
 
@@ -52,22 +53,22 @@ def split_scores(records: list[dict], metric: str, out: Path | None = None) -> t
             cache = json.loads(path.read_text(encoding="utf-8"))["sequences"]
         except (ValueError, KeyError, TypeError):
             cache = {}  # a damaged cache is only recomputed
-    outputs = [[c["output"] for c in r["candidates"]] + [r["full"]["output"]] for r in records]
-    keys = [hashlib.sha256(json.dumps([metric, r["references"], o]).encode()).hexdigest()
+    outputs = [[c.output for c in r.columns] for r in records]
+    keys = [hashlib.sha256(json.dumps([metric, r.references, o]).encode()).hexdigest()
             for r, o in zip(records, outputs)]
-    todo = [i for i, r in enumerate(records) if cache.get(r["id"], {}).get("key") != keys[i]]
+    todo = [i for i, r in enumerate(records) if cache.get(r.id, {}).get("key") != keys[i]]
     texts = [(i, t) for i in todo for t in dict.fromkeys(outputs[i])]
     if texts:
-        first = sequence_scores(metric, [t for _, t in texts], [records[i]["references"][:1] for i, _ in texts])
-        others = sequence_scores(metric, [t for _, t in texts], [records[i]["references"][1:] for i, _ in texts])
+        first = sequence_scores(metric, [t for _, t in texts], [records[i].references[:1] for i, _ in texts])
+        others = sequence_scores(metric, [t for _, t in texts], [records[i].references[1:] for i, _ in texts])
         table = {(i, t): (a, b) for (i, t), a, b in zip(texts, first, others)}
         for i in todo:
             pairs = [table[i, t] for t in outputs[i]]
-            cache[records[i]["id"]] = {"key": keys[i], "first": [a for a, _ in pairs], "others": [b for _, b in pairs]}
+            cache[records[i].id] = {"key": keys[i], "first": [a for a, _ in pairs], "others": [b for _, b in pairs]}
         if path is not None:
             write_json_atomic(path, {"metric": metric, "sequences": cache})
-    first = np.array([cache[r["id"]]["first"] for r in records])
-    others = np.array([cache[r["id"]]["others"] for r in records])
+    first = np.array([cache[r.id]["first"] for r in records])
+    others = np.array([cache[r.id]["others"] for r in records])
     return first, others
 
 

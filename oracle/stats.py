@@ -15,10 +15,11 @@ import numpy as np
 from skiporacle.oracle.bootstrap import interval, mean_ci
 from skiporacle.oracle.choose import FULL, knapsack, or_full
 from skiporacle.oracle.frontier import frontiers, reach
+from skiporacle.oracle.schema import SequenceRecord
 
-def token_matrix(records: list[dict]) -> np.ndarray:
+def token_matrix(records: list[SequenceRecord]) -> np.ndarray:
     """Generated tokens [N, K] of every candidate's output, the full model last (columns as `RunTable`'s)."""
-    return np.array([[c["tokens"] for c in r["candidates"]] + [r["full"]["tokens"]] for r in records], dtype=float)
+    return np.array([[c.tokens for c in r.columns] for r in records], dtype=float)
 
 
 def layer_token_percents(chosen: np.ndarray, costs: Sequence[int], tokens: np.ndarray, n_layers: int) -> dict:

@@ -18,6 +18,7 @@ from skiporacle.oracle.splitref import has_split, split_reference, split_scores
 from skiporacle.oracle.table import RunTable
 from skiporacle.oracle.bootstrap import RESAMPLES, mean_ci, paired, resample_rows
 from skiporacle.oracle.stats import knapsack_stats, layer_token_percents, rule_stats, token_matrix
+from skiporacle.oracle.schema import SequenceRecord
 
 
 def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) -> dict:
@@ -33,7 +34,7 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
     n = len(records)
     tolerance = settings_dict["tolerance"]
     tokens = token_matrix(records)
-    boot = resample_rows([r["id"] for r in records], settings["seed"])
+    boot = resample_rows([r.id for r in records], settings["seed"])
     rule = table.rule(tolerance)
     exact = table.exact_rule()
     curve = table.knapsack()
@@ -73,11 +74,11 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
         "bootstrap": {"resamples": RESAMPLES, "seed": settings["seed"], "interval": "95 % percentile",
                       "resampled": "sequences, by position in id order; the same resamples for every figure"},
     }
-    if "search" in records[0]:
+    if records[0].search is not None:
         summary["search"] = search_figures(records, n_layers, boot)
     if has_split(records):
         first, others = split_scores(records, settings["metric"], out)
-        counts = [len(r["references"]) for r in records]
+        counts = [len(r.references) for r in records]
         summary["split_reference"] = {"references_per_sequence": {"min": min(counts), "max": max(counts)},
                                       **split_reference(first, others, costs, n_layers, tolerance, boot, tokens)}
     plausibility = read_plausibility(out)
@@ -93,11 +94,11 @@ def summarize(out: Path, settings_dict: dict, wall_seconds: float, extra: dict) 
     return summary
 
 
-def search_figures(records: list[dict], n_layers: int, boot: np.ndarray) -> dict:
+def search_figures(records: list[SequenceRecord], n_layers: int, boot: np.ndarray) -> dict:
     """A per-sequence search's effort: mean proposals judged, verified, generated and pruned per sequence,
     fill generations, near-ties among verified proposals, the share of proposals judged without generating
     them (verification alone), and where the paths stopped (with intervals)."""
-    stats = {k: np.array([r["search"][k] for r in records], dtype=float)
+    stats = {k: np.array([r.search[k] for r in records], dtype=float)
              for k in ("evaluations", "verified", "generated", "pruned", "fill_generations", "near_ties", "stop_cost")}
     stop = 100 * stats.pop("stop_cost") / n_layers
     return {**{f"mean_{k}_per_sequence": float(v.mean()) for k, v in stats.items()},
@@ -117,7 +118,7 @@ def resummarize(out: Path) -> dict:
     return summarize(out, settings, old.get("wall_seconds"), kept)
 
 
-def full_metrics(records: list[dict], metric: str, references_scored: int = 0) -> dict:
+def full_metrics(records: list[SequenceRecord], metric: str, references_scored: int = 0) -> dict:
     """The full model's outputs under the other metrics of the task's family, against the references a
     sequence is scored with (the first `references_scored`, or all with 0; CNN/DM: the highlights).
 
@@ -125,8 +126,8 @@ def full_metrics(records: list[dict], metric: str, references_scored: int = 0) -
     sacrebleu's corpus score for BLEU/chrF and the per-sequence mean otherwise; `sequence_mean` is
     the mean of per-sequence scores (sentence BLEU/chrF).  All 0-100.
     """
-    outputs = [r["full"]["output"] for r in records]
-    refs = [r["references"][:references_scored] if references_scored else r["references"] for r in records]
+    outputs = [r.full.output for r in records]
+    refs = [r.references[:references_scored] if references_scored else r.references for r in records]
     if metric == "exact_match":
         value = float(np.mean(sequence_scores(metric, outputs, refs)))
         return {"corpus": {metric: value}, "sequence_mean": {metric: value}}

@@ -1,7 +1,6 @@
 """The run table: every sequence under every candidate of a run, and the oracles over it.
 
-Columns are the run's candidates in order, then the full model (column `choose.FULL`, the last).  Built once from a run's records (or from one
-sequence's scored candidates), it answers the rule, the exact rule and the knapsack, and gives the
+Columns are the run's candidates in order, then the full model (column `choose.FULL`, the last).  Built once from a run's records, it answers the rule, the exact rule and the knapsack, and gives the
 table restricted to some columns (e.g. the training-free candidates).
 """
 
@@ -13,8 +12,8 @@ import numpy as np
 
 from skiporacle.oracle.candidate_list import space_of
 from skiporacle.oracle.choose import FULL, KnapsackCurve, cheapest_identical, cheapest_matching, knapsack, or_full
+from skiporacle.oracle.schema import FULL_SPEC, SequenceRecord
 
-FULL_SPEC = "all"  # the full model's spec, and its column's name
 
 
 @dataclass(frozen=True)
@@ -25,19 +24,14 @@ class RunTable:
     identical: np.ndarray  # [N, K] bool: the output equals the full model's
 
     @classmethod
-    def from_records(cls, records: list[dict]) -> "RunTable":
+    def from_records(cls, records: list[SequenceRecord]) -> "RunTable":
         """The table of a run's records (every record lists the same candidates)."""
         return cls(
-            specs=[c["spec"] for c in records[0]["candidates"]] + [FULL_SPEC],
-            costs=[c["cost"] for c in records[0]["candidates"]] + [records[0]["full"]["cost"]],
-            scores=np.array([[c["score"] for c in r["candidates"]] + [r["full"]["score"]] for r in records]),
-            identical=np.array([[c["identical"] for c in r["candidates"]] + [True] for r in records]),
+            specs=[c.spec for c in records[0].candidates] + [FULL_SPEC],
+            costs=[c.cost for c in records[0].columns],
+            scores=np.array([[c.score for c in r.columns] for r in records]),
+            identical=np.array([[c.identical for c in r.candidates] + [True] for r in records]),
         )
-
-    @classmethod
-    def of_sequence(cls, specs: list[str], costs: list[int], scores: list[float], identical: list[bool]) -> "RunTable":
-        """The one-row table of a sequence's scored candidates, the full model last."""
-        return cls(list(specs), list(costs), np.array([scores]), np.array([identical]))
 
     @property
     def full_column(self) -> int:

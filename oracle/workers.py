@@ -24,6 +24,7 @@ from skiporacle.eval.batching import split_on_oom
 from skiporacle.eval.candidates import Candidate, score_batch
 from skiporacle.eval.device import claim_slot, worker_device
 from skiporacle.oracle.inputs import load_named_model
+from skiporacle.oracle.search import search_rows, search_strategy
 
 T = TypeVar("T")
 
@@ -180,6 +181,5 @@ def score_in_worker(device: str, claims: str | None, workers: int, settings, *ca
 def scorer(settings):
     """The function that scores a planned batch under `settings`: `score_rows`, or `search.search_rows` for a
     per-sequence search (same arguments, the candidate list replaced by the search plan)."""
-    from skiporacle.oracle.search import search_rows, search_strategy
 
     return search_rows if search_strategy(getattr(settings, "spaces", ())) else score_rows

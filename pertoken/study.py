@@ -41,6 +41,18 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.files import package_versions, write_json_atomic
 from skiporacle.data.fingerprint import content_hash
 from skiporacle.oracle.bootstrap import mean_ci, resample_rows
+from skiporacle.pertoken.study_report import plot_pertoken
+from skiporacle.eval.generate import encode_prompts, generate, generate_candidates, output_text, with_model_eos
+from skiporacle.eval.metrics import sequence_scores
+from skiporacle.eval.ranking import read_ranking
+from skiporacle.oracle.inputs import load_inputs, load_named_model
+from skiporacle.oracle.records import check_writable
+from skiporacle.search.spaces import parse_budgets
+from skiporacle.pertoken.token_labels import kv_fill_fraction, per_token_labels
+from skiporacle.pertoken.token_generation import generate_per_token
+from skiporacle.search.families import early_exit_family, importance_family
+from skiporacle.eval.batching import plan_for
+from skiporacle.eval.device import describe
 
 RESULT = "pertoken.json"
 FIGURE = "pertoken.png"
@@ -64,13 +76,6 @@ class _Phases:
 
 def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> dict:
     """Run the study into `out` (pertoken.json, pertoken.png) and return the result."""
-    from skiporacle.pertoken.study_report import plot_pertoken
-    from skiporacle.eval.generate import encode_prompts, generate, generate_candidates, output_text, with_model_eos
-    from skiporacle.eval.metrics import sequence_scores
-    from skiporacle.eval.ranking import read_ranking
-    from skiporacle.oracle.inputs import load_inputs, load_named_model
-    from skiporacle.oracle.records import check_writable
-    from skiporacle.search.spaces import parse_budgets
 
     phase = _Phases()
     check_writable(out)
@@ -90,9 +95,6 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
         raise BadInput(f"--budgets {study.budgets!r}: every budget must keep the probe's layers 0-{study.probe_layer} "
                        f"(use {study.probe_layer + 1}-{n})")
     ranking = read_ranking(Path(study.importance), settings.model, n)
-    from skiporacle.pertoken.token_labels import kv_fill_fraction, per_token_labels
-    from skiporacle.pertoken.token_generation import generate_per_token
-    from skiporacle.search.families import early_exit_family, importance_family
 
     family = importance_family(tuple(ranking["drop_order"]), n, keep=tuple(range(study.probe_layer + 1)))
     exits = early_exit_family(n)
@@ -185,7 +187,6 @@ def run_pertoken(settings, study: Study, out: Path, device: str, load=None) -> d
 
 def _generate_planned(generate_per_token, model, rows, family, decide, probe_layer, protocol, pad, max_batch: int):
     """`generate_per_token` over the batches the ordinary engine would plan for these prompts, joined in order."""
-    from skiporacle.eval.batching import plan_for
 
     tokens, members, layers_run = [None] * len(rows), [None] * len(rows), [None] * len(rows)
     for part in plan_for(model, [len(r) for r in rows], max_batch):
@@ -211,7 +212,6 @@ def _rows(inputs) -> dict:
 
 
 def _machine(device: str) -> dict:
-    from skiporacle.eval.device import describe
 
     return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             **describe(device)}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import content_hash
+from skiporacle.oracle.inputs import load_examples
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,6 @@ def parse_taus(text: str) -> tuple[float, ...]:
 def check_rows(settings, study: Study) -> None:
     """Before the model loads: the ranking file exists, the training rows exist and share no input text
     with the evaluation rows (by content hash)."""
-    from skiporacle.oracle.inputs import load_examples
 
     if not Path(study.importance).is_file():
         raise BadInput(f"--importance {study.importance!r} not found: run make ranking (or skiporacle rank)")

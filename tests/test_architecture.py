@@ -97,6 +97,39 @@ def test_file_names_are_unique_across_folders():
     assert {stem: f for stem, f in folders.items() if len(f) > 1} == {}
 
 
+# Imports a function may make: optional or heavy outside packages that a command needs only on its own path.
+LATE_IMPORTS = {
+    "datasets": "data files in Arrow or parquet form only",
+    "pyarrow.parquet": "parquet input only",
+    "peft": "healing with LoRA only",
+    "distributed": "a --scheduler run only (Dask)",
+    "distributed.comm.core": "a --scheduler run only (Dask)",
+    "joblib": "a --workers run only",
+    "joblib.externals.loky.process_executor": "a --workers run only",
+    "jinja2": "the report page only",
+    "importlib.metadata": "the versions written into a summary only",
+}
+
+
+def _late_imports(path: Path) -> list[tuple[str, int]]:
+    """(module, line) of every import made inside a function of `path`."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    found.append((node.module or "", node.lineno))
+                elif isinstance(node, ast.Import):
+                    found += [(a.name, node.lineno) for a in node.names]
+    return found
+
+
+def test_functions_import_only_optional_dependencies():
+    late = [f"{path.relative_to(ROOT)}:{line} imports {module} inside a function"
+            for path in _modules().values() for module, line in _late_imports(path) if module not in LATE_IMPORTS]
+    assert not late, "\n".join(late)
+
+
 def test_the_checks_can_fail(tmp_path):
     """The readers above see what they must: an upward import, a private name and a circle in small sources."""
     up = tmp_path / "up.py"
@@ -106,6 +139,9 @@ def test_the_checks_can_fail(tmp_path):
     side.write_text("from skiporacle.cli import main\nimport skiporacle.eval.model\n")
     assert [(m, top) for m, _, top, _ in _imports(side)] == [("skiporacle.cli", True), ("skiporacle.eval.model", True)]
     assert _target("skiporacle.cli", "main", _modules()) == "skiporacle.cli.main"
+    late = tmp_path / "late.py"
+    late.write_text("import json\ndef f():\n    import jinja2\n    from skiporacle.eval import model\n")
+    assert _late_imports(late) == [("jinja2", 3), ("skiporacle.eval", 4)]
 
 
 # Modules no test imports, each with the test that runs it and the text in that test that does so: the command
@@ -116,17 +152,18 @@ REACHED_THROUGH = {
     "skiporacle.cli.arguments": ("test_bad_input.py", "--tolerance"),
     "skiporacle.cli.controller_commands": ("test_controller.py", '"controller"'),
     "skiporacle.cli.controller_parsers": ("test_pertoken.py", '"pertoken"'),
+    "skiporacle.cli.draft_command": ("test_speculative.py", '"--draft"'),
     "skiporacle.cli.generate_command": ("test_generate_command.py", '"generate"'),
+    "skiporacle.cli.output_stream": ("test_generate_command.py", '"--out"'),
     "skiporacle.cli.heal_command": ("test_heal.py", '"heal"'),
     "skiporacle.cli.run_folder_commands": ("test_cli.py", '"dump"'),
-    "skiporacle.controller.controller_report": ("test_controller.py", "deployable controller"),
+    "skiporacle.controller.evaluation_result": ("test_controller.py", "deployable controller"),
     "skiporacle.controller.plot": ("test_controller.py", "controller.png"),
     "skiporacle.data.examples": ("test_data.py", "load_task"),
     "skiporacle.eval.importance": ("test_oracle.py", '"importance"'),
     "skiporacle.eval.plausibility": ("test_controller.py", '"plausibility"'),
     "skiporacle.oracle.plausibility_file": ("test_controller.py", "plausibility.json"),
     "skiporacle.oracle.report_page": ("test_report.py", '"report"'),
-    "skiporacle.oracle.schema": ("test_cli.py", '"dump"'),
     "skiporacle.pertoken.study": ("test_pertoken.py", "pertoken.json"),
     "skiporacle.pertoken.study_report": ("test_pertoken.py", "pertoken.png"),
 }

@@ -30,6 +30,7 @@ from skiporacle.oracle.records import (
     read_records,
 )
 from skiporacle.oracle.candidate_list import parse_spaces
+from skiporacle.oracle.schema import CandidateRecord, FullRecord, SequenceRecord
 from skiporacle.oracle.choose import KnapsackCurve, cheapest_identical, cheapest_matching, knapsack
 from skiporacle.search.allocation import full, uniform
 from skiporacle.search.spaces import (
@@ -179,8 +180,11 @@ def test_cheapest_identical():
 # --- records --------------------------------------------------------------------------------
 
 
-def _rec(i: int) -> dict:
-    return {"id": f"s{i}", "value": i, "text": "ünïcode ✓\u2028line"}
+def _rec(i: int) -> SequenceRecord:
+    text = "ünïcode ✓\u2028line"
+    full_model = FullRecord(text, 3, 50.0 + i, 4, (5, 6, 7))
+    skipped = CandidateRecord("uniform:2", (0, 3), 2, 0.5, text[:3], 2, 40.0 + i / 3, False)
+    return SequenceRecord(f"s{i}", text, (text, "b"), full_model, (skipped,), "all", "uniform:2")
 
 
 def test_records_round_trip(tmp_path):
@@ -424,6 +428,23 @@ def _records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / ALLOCATIONS).read_text(encoding="utf-8").splitlines()]
 
 
+def test_records_are_typed_and_stored_byte_for_byte(oracle_run):
+    """Reading a run's file into SequenceRecords and writing them again gives the same bytes; a record
+    written by hand with a missing field is one BadInput line naming the record."""
+    out, _, _ = oracle_run
+    lines = (out / ALLOCATIONS).read_text(encoding="utf-8").splitlines()
+    records = read_records(out)
+    assert len(records) == len(lines) == LIMIT
+    assert [json.dumps(r.to_json(), ensure_ascii=False) for r in records] == lines
+    first = records[0]
+    assert first.columns[-1] is first.full and first.full.cost == NUM_LAYERS
+    assert first.full.token_ids and len(first.full.token_ids) == first.full.tokens
+    stored = json.loads(lines[0])
+    del stored["full"]["score"]
+    with pytest.raises(BadInput, match=f"record {first.id!r} is not a skiporacle sequence record"):
+        SequenceRecord.from_json(stored)
+
+
 def _expected_candidates(drop_order) -> list:
     allocations = (uniform_space(BUDGETS, NUM_LAYERS) + early_exit_space(BUDGETS, NUM_LAYERS)
                    + importance_space(BUDGETS, drop_order) + random_space(BUDGETS, NUM_LAYERS, 0))
@@ -659,7 +680,7 @@ def test_curves(oracle_run, tmp_path):
             assert low - 1e-9 <= mean <= high + 1e-9
     full_row = next(r for r in rows if r["series"] == "full")
     assert float(full_row["percent_layers"]) == 100.0
-    assert float(full_row["mean_score"]) == pytest.approx(np.mean([r["full"]["score"] for r in records]))
+    assert float(full_row["mean_score"]) == pytest.approx(np.mean([r.full.score for r in records]))
     knap = [r for r in rows if r["series"] == "knapsack"]
     assert [float(r["mean_score"]) for r in knap] == sorted(float(r["mean_score"]) for r in knap)
     assert float(knap[-1]["mean_score"]) >= float(full_row["mean_score"]) - 1e-9
@@ -675,7 +696,7 @@ def test_similarity(oracle_run, tmp_path):
     out, settings, _ = oracle_run
     records = _records(out)[:2]
     model, tokenizer = load_model_cached(settings.model, settings.dtype)
-    sims = similarity(model, tokenizer, records, [2, 4])
+    sims = similarity(model, tokenizer, [r["prompt"] for r in records], [r["full"]["token_ids"] for r in records], [2, 4])
     assert set(sims) == {"uniform", "early-exit"}
     assert [c for c, _ in sims["uniform"]] == [2, 4] and [c for c, _ in sims["early-exit"]] == [2, 4]
     for pts in sims.values():

@@ -172,17 +172,17 @@ def test_first_token_full_oracle_run(tiny_llm_dir, oracle_data, default_run, tmp
     with pytest.raises(BadInput, match=r"different settings \(first_token: 'full' there, 'allocation' now\)"):
         run_oracle(_settings(tiny_llm_dir, oracle_data), tmp_path, resume=True, progress=False)
     full_run, plain = read_records(tmp_path), read_records(default_run)
-    assert [r["full"] for r in full_run] == [r["full"] for r in plain]  # all layers: the same either way
-    firsts = {r["id"]: r["full"]["token_ids"][0] for r in full_run}
+    assert [r.full for r in full_run] == [r.full for r in plain]  # all layers: the same either way
+    firsts = {r.id: r.full.token_ids[0] for r in full_run}
     from skiporacle.oracle.workers import load_model_cached
 
     _, tokenizer = load_model_cached(str(tiny_llm_dir), "float32")
     changed = 0
     for new, old in zip(full_run, plain):
-        for c_new, c_old in zip(new["candidates"], old["candidates"]):
-            head = tokenizer.decode([firsts[new["id"]]], skip_special_tokens=True).strip()
-            assert c_new["output"].startswith(head), (new["id"], c_new["spec"])
-            changed += c_new["output"] != c_old["output"]
+        for c_new, c_old in zip(new.candidates, old.candidates):
+            head = tokenizer.decode([firsts[new.id]], skip_special_tokens=True).strip()
+            assert c_new.output.startswith(head), (new.id, c_new.spec)
+            changed += c_new.output != c_old.output
     assert changed  # the protocol changes some candidate's output
 
 
@@ -281,9 +281,9 @@ def test_out_of_order_batches_are_written_in_plan_order_and_a_crash_loses_nothin
     monkeypatch.setattr(workers, "_unordered", finishing(lambda n: [1, 0, 2], crashed, crash_after=2))
     with one_thread(), pytest.raises(KeyboardInterrupt):
         run_oracle(settings, crashed, workers=2, progress=False, threads=1)
-    first_two = [r["id"] for r in read_records(default_run)][: len(read_records(crashed))]
+    first_two = [r.id for r in read_records(default_run)][: len(read_records(crashed))]
     assert arrivals == [(1, 0), (0, 0)] and len(first_two) == 6  # batches 0 and 1 (3 sequences each) written
-    assert [r["id"] for r in read_records(crashed)] == first_two
+    assert [r.id for r in read_records(crashed)] == first_two
     arrivals.clear()
     monkeypatch.setattr(workers, "_unordered", finishing(lambda n: range(n), crashed))
     with one_thread():
@@ -391,7 +391,7 @@ def test_template_for_base_models(base_llm_dir, oracle_data, tmp_path):
     settings = _settings(base_llm_dir, oracle_data, limit=2, template=template, spaces=("uniform",), budgets=(2,))
     with one_thread():
         run_oracle(settings, tmp_path, progress=False)
-    assert sorted(r["prompt"] for r in read_records(tmp_path)) == sorted(own)
+    assert sorted(r.prompt for r in read_records(tmp_path)) == sorted(own)
     assert json.loads((tmp_path / "settings.json").read_text())["template"] == template
     with pytest.raises(BadInput, match="different settings \\(template"):
         run_oracle(replace(settings, template="{input}"), tmp_path, resume=True, progress=False)

@@ -26,6 +26,7 @@ from skiporacle.data.files import write_json_atomic
 from skiporacle.oracle.choose import cheapest_identical, cheapest_matching
 from skiporacle.oracle.records import SETTINGS, append_records
 from skiporacle.oracle.report import page_data, render
+from skiporacle.oracle.schema import SequenceRecord
 from skiporacle.oracle.report_figures import fmt, lookup
 from skiporacle.oracle.summary import summarize
 
@@ -74,7 +75,7 @@ def synthetic_run(out: Path, n: int, k: int, seed: int = 0, nasty: bool = True, 
                         "choice": {"tolerance": pick(cheapest_matching(scores, costs, scores[:, -1], 0.0)[0]),
                                    "exact": pick(cheapest_identical(identical, scores, costs)[0])}})
         nll[records[-1]["id"]] = {"full": 2.0, "candidates": {c["spec"]: 1.0 + 3 * rng.random() for c in cands}}
-    append_records(out, records)
+    append_records(out, [SequenceRecord.from_json(r) for r in records])
     if summary:
         write_json_atomic(out / "plausibility.json", {"margin": 1.0, "sequences": nll})
         summarize(out, settings, 12.5, {"workers": 1})
@@ -198,7 +199,7 @@ def test_outputs_are_escaped_text(small_run):
     block = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S).group(1)
     assert "<" not in block
     data = json.loads(block)
-    assert data == page_data(records, json.loads((out / "plausibility.json").read_text()))
+    assert data == page_data([SequenceRecord.from_json(r) for r in records], json.loads((out / "plausibility.json").read_text()))
     first = data["sequences"][0]
     assert [data["strings"][c[5]] for c in first["c"]] == [c["output"] for c in records[0]["candidates"]]
     assert any(NASTY[0] in data["strings"][c[5]] for c in first["c"]) and first["id"] == records[0]["id"]

@@ -32,7 +32,7 @@ def _settings(model_dir, data) -> OracleSettings:
 
 
 def _by_id(out) -> dict[str, dict]:
-    records = read_records(out)
+    records = [r.to_json() for r in read_records(out)]
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)), "duplicated records"
     return {r["id"]: r for r in records}

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from skiporacle.eval.decode_protocol import DecodeProtocol
-from skiporacle.oracle.records import ALLOCATIONS
+from skiporacle.oracle.records import ALLOCATIONS, read_records
 from skiporacle.search.allocation import Allocation, full
 from skiporacle.search.persequence import (
     Judged, advance, complete, greedy_proposals, named, random_advance, random_proposals, start,
@@ -108,8 +108,10 @@ def _run(settings, folder):
 
     with one_thread():
         summary = run_oracle(settings, folder, progress=False)
-    records = [json.loads(x) for x in (folder / ALLOCATIONS).read_text(encoding="utf-8").splitlines()]
-    return summary, records
+    lines = (folder / ALLOCATIONS).read_text(encoding="utf-8").splitlines()
+    typed = read_records(folder)  # the search statistics travel through the typed record unchanged
+    assert [json.dumps(r.to_json(), ensure_ascii=False) for r in typed] == lines and typed[0].search is not None
+    return summary, [json.loads(x) for x in lines]
 
 
 def _brute_force(tiny_llm_dir, records):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from skiporacle.data.errors import BadInput
-from skiporacle.data.readers import field, lines, read_jsonl, read_records
+from skiporacle.data.readers import field, lines, read_jsonl, read_rows
 from skiporacle.eval.ranking import read_ranking
 from skiporacle.heal.checkpoint import load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state
 from skiporacle.oracle.search import SearchPlan, check_search, search_strategy
@@ -37,20 +37,20 @@ def test_a_bad_file_is_one_line(tmp_path, name, content, match):
     path = tmp_path / name
     path.write_text(content, encoding="utf-8")
     with pytest.raises(BadInput, match=match) as err:
-        read_records(path)
+        read_rows(path)
     assert "\n" not in str(err.value)
 
 
 def test_csv_and_a_missing_field(tmp_path):
     path = tmp_path / "a.csv"
     path.write_text("text,summary\nhello,hi\n", encoding="utf-8")
-    rows = read_records(path)
+    rows = read_rows(path)
     assert rows == [{"text": "hello", "summary": "hi"}] and field(rows[0], "text", "row 1") == "hello"
     with pytest.raises(BadInput, match="row 1 has no field 'document'; fields present: text, summary"):
         field(rows[0], "document", "row 1")
     (tmp_path / "latin.jsonl").write_bytes(b'{"a": "\xe9"}\n')
     with pytest.raises(BadInput, match=r"is not valid UTF-8 \(byte 7\)"):
-        read_records(tmp_path / "latin.jsonl")
+        read_rows(tmp_path / "latin.jsonl")
 
 
 # --- eval/ranking -----------------------------------------------------------------------------------------

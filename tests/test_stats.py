@@ -17,6 +17,7 @@ import pytest
 from skiporacle.data.errors import BadInput
 from skiporacle.oracle.choose import knapsack
 from skiporacle.oracle.records import ALLOCATIONS, SETTINGS, SUMMARY
+from skiporacle.oracle.schema import SequenceRecord
 
 L = 6  # layers of the hand-made model
 
@@ -37,6 +38,11 @@ def record(i, scores, costs, specs=None, tokens=None, outputs=None, references=N
                        for s, c, o, t, x, d in zip(specs, costs, outputs, tokens, scores, identical)],
         "choice": {"tolerance": "all", "exact": "all"},
     }
+
+
+def typed(records: list[dict]) -> list[SequenceRecord]:
+    """The records as the run folder reads them."""
+    return [SequenceRecord.from_json(r) for r in records]
 
 
 def write_run(folder: Path, records: list[dict], metric="rougeL", seed=0, tolerance=0.0, summary=None) -> Path:
@@ -145,7 +151,7 @@ def test_summary_intervals_recompute_each_resample(tmp_path):
     records = random_records(12, costs, seed=4)
     summary = summarize_run(write_run(tmp_path / "run", records, seed=7))
     assert summary["bootstrap"]["resamples"] == 200 and summary["bootstrap"]["seed"] == 7
-    table = RunTable.from_records(records)
+    table = RunTable.from_records(typed(records))
     scores, full = table.scores, table.full_scores
     rows = resample_rows([r["id"] for r in records], 7)
     knap = summary["knapsack"]
@@ -230,7 +236,7 @@ def test_training_free_paired_differences(tmp_path):
         r["candidates"][1]["score"] = r["full"]["score"]  # the healed variant matches the full model everywhere
     summary = summarize_run(write_run(tmp_path / "run", records))
     free = summary["training_free"]
-    scores = RunTable.from_records(records).scores
+    scores = RunTable.from_records(typed(records)).scores
     keep = [0, 2, 3]
     rows = resample_rows([r["id"] for r in records], 0)
     whole = np.array([_percent_reach(scores, costs, r) for r in rows])
@@ -378,12 +384,12 @@ def test_split_scores_cache_is_keyed_by_content(tmp_path):
     from skiporacle.oracle.splitref import split_scores
 
     records = split_records(2)
-    first, others = split_scores(records, "rougeL", tmp_path)
+    first, others = split_scores(typed(records), "rougeL", tmp_path)
     records[1]["candidates"][0]["output"] = OTHER  # a changed output is scored afresh, not read from the cache
-    first2, others2 = split_scores(records, "rougeL", tmp_path)
+    first2, others2 = split_scores(typed(records), "rougeL", tmp_path)
     assert first2[0].tolist() == first[0].tolist() and others2[1, 0] == 100.0 and first2[1, 0] == 0.0
     (tmp_path / "split_scores.json").write_text("{broken", encoding="utf-8")
-    assert split_scores(records, "rougeL", tmp_path)[1].tolist() == others2.tolist()
+    assert split_scores(typed(records), "rougeL", tmp_path)[1].tolist() == others2.tolist()
 
 
 def test_curves_have_split_reference_series(tmp_path):
@@ -397,22 +403,22 @@ def test_curves_have_split_reference_series(tmp_path):
     for r in records[:3]:
         r["candidates"][0]["output"] = f"{FIRST} {OTHER}"
         r["candidates"][0]["score"] = 90.0
-    rows = curve_rows(records, 0.0, metric="rougeL", out=tmp_path)
+    rows = curve_rows(typed(records), 0.0, metric="rougeL", out=tmp_path)
     series = {r["series"] for r in rows}
     assert {"knapsack-first-reference", "knapsack-split-reference", "rule-split-reference",
             "full-split-reference"} <= series
     assert next(r for r in rows if r["series"] == "full-split-reference")["mean_score"] == pytest.approx(75.0)
     # The knapsack band: all RESAMPLES resamples, drawn in id order.
-    table = RunTable.from_records(records)
+    table = RunTable.from_records(typed(records))
     costs, scores = table.costs, table.scores
     boots = [KnapsackCurve(best_totals(frontiers(scores, costs), r, L), 6) for r in resample_rows(
         [r["id"] for r in records], 0)]
     point = next(r for r in rows if r["series"] == "knapsack" and r["spec"] == "budget:3")
     ys = [b.mean_score_at(3.0) for b in boots]
     assert [point["low"], point["high"]] == pytest.approx(np.percentile(ys, [2.5, 97.5]))
-    assert "knapsack-split-reference" not in {r["series"] for r in curve_rows(records, 0.0)}
+    assert "knapsack-split-reference" not in {r["series"] for r in curve_rows(typed(records), 0.0)}
     folder = write_run(tmp_path / "run", records)
-    csv_path, png_path = write_curves(folder, records, json.loads((folder / SETTINGS).read_text()))
+    csv_path, png_path = write_curves(folder, typed(records), json.loads((folder / SETTINGS).read_text()))
     assert "knapsack-split-reference" in csv_path.read_text() and png_path.stat().st_size > 0
 
 
@@ -450,10 +456,10 @@ def test_wmt22_de_en_has_two_references_for_the_split():
     _, examples = load_task("wmt22:de-en", limit=3)
     records = [record(i, [10.0, 20.0], [3, L], outputs=["Hello world.", e.references[0]], references=list(e.references))
                for i, e in enumerate(examples)]
-    assert has_split(records)
+    assert has_split(typed(records))
     from skiporacle.oracle.splitref import split_scores
 
-    first, others = split_scores(records, "chrf")
+    first, others = split_scores(typed(records), "chrf")
     assert first[:, -1].tolist() == pytest.approx([100.0] * 3) and (others[:, -1] < 100).all()
 
 
@@ -477,25 +483,25 @@ def plausibility(margin=2.0):
 def test_plausible_mask():
     from skiporacle.oracle.guard import plausible_mask
 
-    mask = plausible_mask(guard_records(), plausibility(), 2.0)
+    mask = plausible_mask(typed(guard_records()), plausibility(), 2.0)
     assert mask.dtype == bool and mask.tolist() == [[False, True, True], [True, False, True], [False, True, True],
                                                     [False, True, True]]
-    assert plausible_mask(guard_records(), plausibility(), 10.0)[0].tolist() == [True, True, True]
+    assert plausible_mask(typed(guard_records()), plausibility(), 10.0)[0].tolist() == [True, True, True]
     bad = plausibility()
     del bad["sequences"]["s001"]["candidates"]["exit:4"]
     with pytest.raises(BadInput, match="'s001' has no NLL for 'exit:4'"):
-        plausible_mask(guard_records(), bad, 2.0)
+        plausible_mask(typed(guard_records()), bad, 2.0)
     bad = plausibility()
     del bad["sequences"]["s002"]
     with pytest.raises(BadInput, match="sequence 's002'"):
-        plausible_mask(guard_records(), bad, 2.0)
+        plausible_mask(typed(guard_records()), bad, 2.0)
     bad = plausibility()
     bad["sequences"]["s000"]["full"] = "low"
     with pytest.raises(BadInput, match="not a number"):
-        plausible_mask(guard_records(), bad, 2.0)
+        plausible_mask(typed(guard_records()), bad, 2.0)
     for margin in (-1.0, float("nan"), "2"):
         with pytest.raises(BadInput, match="margin"):
-            plausible_mask(guard_records(), plausibility(), margin)
+            plausible_mask(typed(guard_records()), plausibility(), margin)
 
 
 def test_guarded_block(tmp_path):
@@ -555,7 +561,8 @@ def test_full_metrics_use_the_references_a_sequence_is_scored_with():
     from skiporacle.data.tasks import scored_references
     from skiporacle.oracle.summary import full_metrics
 
-    record = {"full": {"output": "the cat sat on the mat"}, "references": ["a dog ran", "the cat sat on the mat"]}
+    cat = record(0, [1.0, 2.0], [3, L], outputs=["x", "the cat sat on the mat"],
+                 references=["a dog ran", "the cat sat on the mat"])
     assert scored_references("cnndm") == 1 and scored_references("xsum") == 0 and scored_references("file") == 0
-    assert full_metrics([record], "rougeL")["corpus"]["rougeL"] == pytest.approx(100.0)
-    assert full_metrics([record], "rougeL", scored_references("cnndm"))["corpus"]["rougeL"] == pytest.approx(0.0)
+    assert full_metrics(typed([cat]), "rougeL")["corpus"]["rougeL"] == pytest.approx(100.0)
+    assert full_metrics(typed([cat]), "rougeL", scored_references("cnndm"))["corpus"]["rougeL"] == pytest.approx(0.0)
