@@ -8,7 +8,9 @@ full model's; for decisions that mix allocations, the ratio to the static alloca
 timed with the prompt read under the allocation (`--prompt-under-allocation`).  Every row decodes at most
 --new-tokens tokens and stops at EOS, as in use.  Per-token decisions here are synthetic (each token picks a
 member of the nested family at random, seeded, with the stated mean), since a probe needs labels; their cost
-includes the skipped layers' key/value fill.
+includes the skipped layers' key/value fill.  Self-speculative rows draft with an importance allocation and
+check with the full model (outputs: the full model's); a second table gives their acceptance, each phase's
+cost against one full decode step, and the decode ratio those measured costs predict beside the measured one.
 
     python bench/deploy_speed.py [--n 40] [--caps 8,16] [--new-tokens 48] [--offset 700] [--controller DIR]
 """
@@ -26,11 +28,12 @@ from skiporacle.data.prompts import fit_prompt, prompt_budget
 from skiporacle.data.tasks import load_task
 from skiporacle.eval.batching import left_pad, plan_for
 from skiporacle.eval.cache import AllocationCache
-from skiporacle.eval.decode import greedy_decode, prefill, prefill_shared
+from skiporacle.eval.decode import greedy_decode, prefill_shared
 from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.generate import encode_prompts, eos_ids
 from skiporacle.eval.mixed_decode import cached_step_cost, decode_mixed
 from skiporacle.eval.model import allocation_view, num_layers
+from skiporacle.eval.speculative import SpeculativeStats, speculative_decode
 from skiporacle.oracle.workers import load_model_cached
 from skiporacle.pertoken.token_generation import generate_per_token
 from skiporacle.search.allocation import Allocation, full, uniform
@@ -44,14 +47,26 @@ def _kept(n: int, keep: int) -> Allocation:
     return importance_family(DROP_ORDER, n).members[n - keep]
 
 
-def run_config(model, rows, pad, cap, chosen_of, protocol, under=False, per_token=None) -> dict:
-    """Seconds of prefill and decode and generated tokens over the planned batches of `rows`."""
+@torch.inference_mode()  # no autograd graph: with one, a batch of 16 XSum prompts held 16 GB and ran 2x slower
+def run_config(model, rows, pad, cap, chosen_of, protocol, under=False, per_token=None, draft=None) -> dict:
+    """Seconds of prefill and decode, generated tokens and decode steps (each batch's longest output) over the
+    planned batches of `rows`; with `draft` (allocation, k), self-speculative decoding and its statistics."""
     prefill_s = decode_s = 0.0
-    tokens = layers = 0
+    tokens = layers = steps = 0
+    stats = SpeculativeStats()
     for batch in plan_for(model, [len(r) for r in rows], cap):
         ids, mask = left_pad([rows[i] for i in batch], pad, model.device)
         chosen = [chosen_of(i) for i in batch]
         start = time.perf_counter()
+        if draft is not None:
+            cache, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
+            prefill_s += time.perf_counter() - start
+            start = time.perf_counter()
+            out = speculative_decode(model, cache, ids[:, -1], mask, draft[0], draft[1], protocol.max_new_tokens,
+                                     protocol.eos, stats)
+            decode_s += time.perf_counter() - start
+            tokens, layers, steps = tokens + sum(map(len, out)), layers + draft[0].num_layers * sum(map(len, out)), steps + max(map(len, out))
+            continue
         if per_token is not None:
             family, decide = per_token
             prefill_shared(model, ids[:, :-1], mask[:, :-1])  # the engine's own prefill, timed apart
@@ -66,8 +81,8 @@ def run_config(model, rows, pad, cap, chosen_of, protocol, under=False, per_toke
         if under:
             (allocation,) = set(chosen)
             view = allocation_view(model, allocation)
-            cache = prefill(view, ids[:, :-1], mask[:, :-1], AllocationCache(allocation.layers, None,
-                                                                               reserve=protocol.max_new_tokens + 1))
+            own, _ = prefill_shared(view, ids[:, :-1], mask[:, :-1])  # grouped by length, as generate_batch does
+            cache = AllocationCache(allocation.layers, own, reserve=protocol.max_new_tokens + 1)
             prefill_s += time.perf_counter() - start
             start = time.perf_counter()
             out = greedy_decode(view, cache, ids[:, -1], mask, protocol.max_new_tokens, protocol.eos)
@@ -78,9 +93,31 @@ def run_config(model, rows, pad, cap, chosen_of, protocol, under=False, per_toke
             out, _ = decode_mixed(model, cache, ids, mask, chosen, protocol, chosen_of.path, chosen_of.cost)
         decode_s += time.perf_counter() - start
         tokens += sum(map(len, out))
+        steps += max(map(len, out))
         layers += sum(len(t) * a.cost for t, a in zip(out, chosen))
     return {"prefill_s": prefill_s, "decode_s": decode_s, "total_s": prefill_s + decode_s, "tokens": tokens,
-            "mean_layers": layers / max(tokens, 1)}
+            "mean_layers": layers / max(tokens, 1), "steps": steps, "stats": stats if draft is not None else None}
+
+
+def print_drafts(results: dict, base: dict) -> None:
+    """Self-speculative rows: acceptance, tokens per check, each phase's cost against one full decode step, and
+    the decode ratio those costs predict (full steps / (draft steps x draft cost + checks x check cost)) beside
+    the measured one; the ideal is the same with every draft accepted."""
+    step = base["decode_s"] / base["steps"]  # seconds of one full-model decode step of a batch
+    print(f"\n{'draft':<38}{'accepted':>9}{'tok/check':>10}{'draft step':>11}{'check':>7}{'predicted x':>12}"
+          f"{'measured x':>11}{'ideal x':>8}")
+    for name, r in results.items():
+        stats = r["stats"]
+        if stats is None:
+            continue
+        k, checks, drafted = max(stats.steps), len(stats.steps), sum(stats.steps)
+        r_draft = stats.draft_seconds / max(drafted, 1) / step
+        r_check = stats.verify_seconds / checks / step
+        predicted = r["steps"] / (drafted * r_draft + checks * r_check)
+        ideal = (k + 1) / (k * r_draft + r_check)
+        print(f"{name:<38}{100 * stats.acceptance:8.1f}%{stats.tokens_per_round:10.2f}{r_draft:11.2f}{r_check:7.2f}"
+              f"{predicted:12.2f}{base['decode_s'] / r['decode_s']:11.2f}{ideal:8.2f}"
+              f"   near-ties {stats.near_ties}")
 
 
 class Choice:
@@ -139,6 +176,9 @@ def main() -> None:
     for target in (24, 27):
         configs.append((f"per-token, mean {target}", Choice(lambda i: a30),
                         {"per_token": (family, _decider(len(family.members), n - target, 0))}))
+    drafts = [(a28, 4), (a24, 4), (a24, 2), (a20, 2)]
+    for draft, k in drafts:
+        configs.append((f"draft {draft.cost}, k {k} (lossless)", Choice(lambda i: a30), {"draft": (draft, k)}))
     print(f"# deploy speed: {len(rows)} XSum prompts (rows {args.offset}-{args.offset + len(rows) - 1}), "
           f"at most {args.new_tokens} new tokens, fp32, {args.threads} threads, {platform.processor() or platform.machine()}")
     for cap in map(int, args.caps.split(",")):
@@ -158,6 +198,7 @@ def main() -> None:
             print(f"{name:<38}{r['mean_layers']:7.2f}{r['prefill_s']:10.2f}{rate:13.1f}{r['total_s']:9.2f}"
                   f"{base['prefill_s'] / r['prefill_s']:10.2f}{rate / (base['tokens'] / base['decode_s']):9.2f}"
                   f"{base['total_s'] / r['total_s']:8.2f}{hetero:>10}{n / r['mean_layers']:7.2f}")
+        print_drafts(results, base)
 
 
 if __name__ == "__main__":

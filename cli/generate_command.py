@@ -1,12 +1,7 @@
 """`skiporacle generate`: greedy outputs under one decision (an allocation, a healed variant folder as --model,
 or a controller), printed or streamed to a JSON-lines file that a killed run resumes.
 
-The stream (`--out FILE.jsonl`) holds one line per finished sequence,
-{"id", "output", "tokens", "allocation", "layers", "score"} (tokens generated, the allocation's spec and its
-layers per generated token, the sequence's score), appended and fsynced per batch; `FILE.jsonl.settings.json`
-holds what determines the lines.  `--resume` cuts a torn last line, skips the ids already written and runs
-the batches that hold the others, planned over all rows as before, so that the file ends equal to an
-uninterrupted run's: every sequence once, in the order its batch finished.
+The stream (`--out FILE.jsonl`) is `cli/output_stream.py`'s.
 """
 
 from __future__ import annotations
@@ -14,66 +9,24 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from skiporacle.cli.draft_command import check_draft_args, generate_with_draft
+from skiporacle.cli.output_stream import OutputStream, open_stream, stream_line
 from skiporacle.cli.run_settings import placement_of, settings_from_args
 from skiporacle.controller.controller_run import load_controller
 from skiporacle.controller.deploy import generate_with_controller
 from skiporacle.data.fingerprint import content_hash
 from skiporacle.eval.decode_protocol import DecodeProtocol, protocol_of
 from skiporacle.data.errors import BadInput
-from skiporacle.data.files import append_lines, read_appended, refuse_other_settings, write_json_atomic
+from skiporacle.data.files import read_appended
 from skiporacle.eval.generate import Generation, generate as run_generate, generate_in_batches
 from skiporacle.eval.metrics import all_corpus_scores, sequence_scores
 from skiporacle.eval.mixed_decode import cached_step_cost
 from skiporacle.oracle.candidate_list import pinned_allocations
 from skiporacle.oracle.inputs import load_inputs, load_named_model
-from skiporacle.search.allocation import Allocation, check_spec, full, parse_spec
-
-
-@dataclass(frozen=True)
-class OutputStream:
-    """An open `--out` stream: its file and the ids it already holds."""
-
-    path: Path
-    done: frozenset[str]
-
-    def write(self, rows: list[dict]) -> None:
-        """Append one batch's lines and force them to disk."""
-        append_lines(self.path, rows)
-
-
-def settings_path(path: Path) -> Path:
-    return path.with_name(path.name + ".settings.json")
-
-
-def open_stream(path: Path, fingerprint: dict, resume: bool) -> OutputStream:
-    """Check `--out` before the model loads: a file holding outputs needs `--resume` and the same settings."""
-    if path.is_dir():
-        raise BadInput(f"--out {str(path)!r} is a folder; name a .jsonl file")
-    held = path.exists() and path.stat().st_size > 0
-    if held and not resume:
-        raise BadInput(f"--out {str(path)!r} already holds outputs; pass --resume to continue it, or choose another file")
-    stored = settings_path(path)
-    if resume and stored.exists():
-        refuse_other_settings(path, json.loads(stored.read_text(encoding="utf-8")), fingerprint, list(fingerprint))
-    elif held:
-        raise BadInput(f"--resume: {str(stored)!r} is missing, so the outputs in {str(path)!r} cannot be checked")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not stored.exists():
-            write_json_atomic(stored, fingerprint)
-        rows = read_appended(path, repair=True)
-    except OSError as err:
-        raise BadInput(f"--out {str(path)!r} is not writable ({err.strerror or err})") from None
-    return OutputStream(path, frozenset(r["id"] for r in rows))
-
-
-def stream_line(example_id: str, generation: Generation, allocation: Allocation, score: float) -> dict:
-    """One finished sequence's line of the stream."""
-    return {"id": example_id, "output": generation.text, "tokens": len(generation.tokens),
-            "allocation": allocation.spec, "layers": allocation.cost, "score": score}
+from skiporacle.search.allocation import check_spec, full, parse_spec
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -81,18 +34,30 @@ def generate(args: argparse.Namespace) -> int:
     mean; with --out, streamed to a JSON-lines file instead of printed."""
     if not args.controller:
         check_spec(args.layers)
+    if args.draft:
+        check_draft_args(args)
+    if args.tau is not None and not (args.controller and 0 <= args.tau <= 1):
+        raise BadInput(f"--tau is a probability threshold in [0, 1] for --controller, got {args.tau:g}"
+                       + ("" if args.controller else " without --controller"))
     device = placement_of(args).device
     settings = settings_from_args(args)
-    decision = {"controller": str(Path(args.controller).resolve()), "tau": args.tau,
-                "mixed_path": args.mixed_path} if args.controller else {"layers": args.layers}
+    controller = load_controller(Path(args.controller)) if args.controller else None
+    if controller is not None and controller[0]["model"] != settings.model:
+        raise BadInput(f"controller {args.controller!r} was trained on model {controller[0]['model']!r}, "
+                       f"not {settings.model!r}")
+    decision = ({"controller": str(Path(args.controller).resolve()), "tau": args.tau, "mixed_path": args.mixed_path}
+                if args.controller else {"draft": args.draft, "draft_tokens": args.draft_tokens} if args.draft
+                else {"layers": args.layers})
     fingerprint = json.loads(json.dumps({**asdict(settings), **decision}))
     stream = open_stream(Path(args.out), fingerprint, args.resume) if args.out else None
     model, tokenizer = load_named_model(settings.model, settings.dtype, device)
     inputs = load_inputs(settings, model, tokenizer)
     if stream is not None and len(set(inputs.ids)) < len(inputs.ids):
         raise BadInput("--out: the rows' ids repeat, so a resumed stream could not tell them apart; give --id-field")
-    if args.controller:
-        return deploy(args, settings, inputs, model, tokenizer, stream)
+    if controller is not None:
+        return deploy(args, settings, inputs, model, tokenizer, stream, controller)
+    if args.draft:
+        return generate_with_draft(args, settings, inputs, model, tokenizer, stream)
     allocation = parse_spec(args.layers, inputs.num_layers)
     wanted = None if stream is None else {i for i, e in enumerate(inputs.ids) if e not in stream.done}
     scored = inputs.scored_references()
@@ -115,10 +80,8 @@ def generate(args: argparse.Namespace) -> int:
           f"({100 * allocation.fraction:.1f} %) per generated token; at most {settings.max_new_tokens} new tokens, "
           f"the first predicted by the {'full model' if settings.first_token == 'full' else 'allocation'}")
     if stream is not None:
-        rows = read_appended(stream.path)
-        scores = [r["score"] for r in rows]
-        print(f"skiporacle: {len(rows)} outputs in {stream.path} ({len(stream.done)} resumed, "
-              f"{len(rows) - len(stream.done)} written now)")
+        scores = [r["score"] for r in read_appended(stream.path)]
+        print(stream.summary())
     print(f"mean {settings.metric} = {sum(scores) / max(len(scores), 1):.2f} over {len(scores)} sequences; "
           f"{tokens} tokens generated in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s)")
     if texts and (settings.metric.startswith("rouge") or settings.metric in ("bleu", "chrf")):
@@ -127,16 +90,15 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream: OutputStream | None) -> int:
+def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream: OutputStream | None,
+           controller: tuple[dict, object]) -> int:
     """`generate --controller DIR`: decide per sequence at prefill and generate with real skipping; printed and
     timed against the full model on the same sequences in this process, or (--out) streamed without the
-    full model's run."""
-    stored, fitted = load_controller(Path(args.controller))
+    full model's run.  `controller`: the (settings, fitted) of `controller_run.load_controller`."""
+    stored, fitted = controller
     if stored["num_layers"] != inputs.num_layers:
         raise BadInput(f"controller {args.controller!r} is for a model of {stored['num_layers']} layers; "
                        f"{settings.model!r} has {inputs.num_layers}")
-    if stored["model"] != settings.model:
-        raise BadInput(f"controller {args.controller!r} was trained on model {stored['model']!r}, not {settings.model!r}")
     protocol = settings.protocol
     if protocol.first_token != protocol_of(stored).first_token or protocol.first_token != "allocation":
         raise BadInput(f"--controller deploys under --first-token allocation, the protocol of its labels; "
@@ -164,8 +126,7 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream:
                                             settings.batch_size, wanted, write, **mixed)
         rows = read_appended(stream.path)
         layers = sum(r["layers"] for r in rows) / max(len(rows), 1)
-        print(f"skiporacle: {len(rows)} outputs in {stream.path} ({len(stream.done)} resumed, "
-              f"{len(rows) - len(stream.done)} written now in {deployed.seconds:.1f} s)")
+        print(stream.summary(deployed.seconds))
         print(f"controller (tau {tau:.2f}): mean {layers:.2f} of {n} layers ({100 * layers / n:.1f} %) per sequence; "
               f"mean {settings.metric} {sum(r['score'] for r in rows) / max(len(rows), 1):.2f}")
         return 0

@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "once on this machine (kept in the cache folder). Outputs are equal up to near-ties"))
     gen.add_argument("--tau", type=float, default=None,
                      help="with --controller: the threshold on the predicted probability (default: the controller's own)")
+    gen.add_argument("--draft", metavar="SPEC|VARIANT",
+                     help=("self-speculative decoding: this allocation of the model's own layers (or a healed variant "
+                           "folder of this model) drafts --draft-tokens "
+                           "tokens, the full model checks them in one pass and keeps the longest prefix it agrees "
+                           "with plus its own next token, so the outputs are the full model's; prints the acceptance "
+                           "and the time against the full model's plain decoding"))
+    gen.add_argument("--draft-tokens", type=int, default=4, metavar="K",
+                     help="with --draft: tokens drafted per check (default: 4)")
     gen.add_argument("--layers", default="all",
                      help="allocation: all, uniform:N (N layers kept), exit:L (layers 0..L-1), or a list like 0-10,12,15-29")
     gen.add_argument("--out", metavar="FILE.jsonl",

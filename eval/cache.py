@@ -56,6 +56,12 @@ class BufferedLayer(DynamicLayer):
         self._write(key_states, value_states)
         return self.keys, self.values
 
+    def crop(self, max_length: int) -> None:
+        """Forget every entry past the first `max_length` (a draft's tokens once the full model checked them)."""
+        if self.is_initialized and max_length < self.length:
+            self.length = max_length
+            self.keys, self.values = self._k_buf[:, :, :max_length], self._v_buf[:, :, :max_length]
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
             self._k_buf, self._v_buf = self._k_buf[indices], self._v_buf[indices]
@@ -82,6 +88,13 @@ class AllocationCache(DynamicCache):
                 self.layers.append(BufferedLayer(reserve, prompt))
             else:
                 self.layers.append(copy.copy(prompt) if prompt is not None else DynamicLayer())
+
+    def sharing(self, runs: tuple[int, ...]) -> "AllocationCache":
+        """The same layer buffers, seen by an allocation that runs only `runs` (a subset of this cache's layers):
+        what it writes lands in these buffers, and lengths are read from a layer it runs."""
+        other = copy.copy(self)  # shallow: `layers` is the same list of the same buffers
+        other._runs, other.reference_layer = frozenset(runs), runs[0]
+        return other
 
     def _reference(self, layer_idx: int) -> int:
         return layer_idx if layer_idx in self._runs else self.reference_layer

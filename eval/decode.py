@@ -134,7 +134,8 @@ def prefill_shared(
     its activations stay small enough for the CPU's caches (about 1.3x faster
     on the longest XSum batch: 23 s against 30 s).  The groups' keys/values are placed right-aligned
     in one [B, heads, T, head_dim] cache; padded positions hold zeros and are
-    masked.  With `predict`, also the logits [B, V] at the last position.
+    masked.  With `predict`, also the logits [B, V] at the last position.  `model` may be an allocation's view
+    (`--prompt-under-allocation`): the layers it skips get no entries.
     """
     B, T = ids.shape
     groups, logits = [], []
@@ -150,6 +151,8 @@ def prefill_shared(
     shared = DynamicCache()
     for index in range(len(groups[0][2].layers) if groups else 0):
         first = groups[0][2].layers[index]
+        if not first.is_initialized:  # a layer the model (an allocation's view) skips: no entries
+            continue
         keys = first.keys.new_zeros((B, first.keys.shape[1], T, first.keys.shape[3]))
         values = first.values.new_zeros((B, first.values.shape[1], T, first.values.shape[3]))
         for rows, width, cache in groups:

@@ -96,14 +96,13 @@ def generate_batch(
     for allocation in allocations:
         view = allocation_view(model, allocation)
         gaps: list[list[float]] | None = [[] for _ in rows] if margins is not None else None
-        cache = AllocationCache(allocation.layers, shared, reserve=new + 1)
+        if shared is None:  # the allocation reads the prompt itself (its last token too under "full"), grouped by
+            end = ids.shape[1] if full_first else ids.shape[1] - 1  # length as the full model's is
+            own, _ = prefill_shared(view, ids[:, :end], mask[:, :end])
+        cache = AllocationCache(allocation.layers, shared if shared is not None else own, reserve=new + 1)
         if full_first:
-            if shared is None:
-                prefill(view, ids, mask, cache)
             generated = decode_after(view, cache, first, mask, new, eos, gaps)
         else:
-            if shared is None:
-                prefill(view, ids[:, :-1], mask[:, :-1], cache)
             generated = greedy_decode(view, cache, ids[:, -1], mask, new, eos, gaps)
         for row, tokens in zip(out, generated):
             row.append(tuple(tokens))

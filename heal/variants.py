@@ -16,6 +16,7 @@ from typing import Collection
 
 from skiporacle.data.errors import BadInput
 from skiporacle.data.fingerprint import files_hash
+from skiporacle.eval.model import resolve_model
 from skiporacle.search.allocation import Allocation
 
 HEAL_METADATA = "heal.json"  # written by `skiporacle heal` beside each healed variant
@@ -86,16 +87,25 @@ def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated
         raise BadInput(f"healed space: no healed variant (a folder with {HEAL_METADATA}) in {str(root)!r}")
     out = []
     for path in variants:
-        meta = read_heal_metadata(path)
-        same_base = meta["base_model"] == base_model or Path(meta["base_model"]).resolve() == Path(base_model).resolve()
-        if not same_base or meta["num_layers"] != num_layers:
-            raise BadInput(f"healed variant {str(path)!r} was distilled from {meta['base_model']} "
-                           f"({meta['num_layers']} layers), not {base_model} ({num_layers} layers)")
-        _refuse_overlap(path, meta["data"], evaluated_ids, set(evaluated_hashes))
-        layers = tuple(meta["layers"])
-        out.append(Allocation(layers, num_layers, f"healed:{path.name}", weights=str(path.resolve())))
-        out.append(Allocation(layers, num_layers, f"base:{path.name}"))
+        healed = variant_allocation(path, num_layers, base_model)
+        _refuse_overlap(path, read_heal_metadata(path)["data"], evaluated_ids, set(evaluated_hashes))
+        out += [healed, Allocation(healed.layers, num_layers, f"base:{path.name}")]
     return out
+
+
+def variant_allocation(folder: str | Path, num_layers: int, base_model: str) -> Allocation:
+    """The healed variant in `folder` as an allocation of `base_model` (spec `healed:NAME`, its weights the
+    folder's); BadInput for a variant of another base model, depth or tokenizer."""
+    path = Path(folder)
+    meta = read_heal_metadata(path)
+    same_base = meta["base_model"] == base_model or Path(meta["base_model"]).resolve() == Path(base_model).resolve()
+    if not same_base or meta["num_layers"] != num_layers:
+        raise BadInput(f"healed variant {str(path)!r} was distilled from {meta['base_model']} "
+                       f"({meta['num_layers']} layers), not {base_model} ({num_layers} layers)")
+    if not _same_vocabulary(path, base_model):
+        raise BadInput(f"healed variant {str(path)!r} has another tokenizer than {base_model} (its vocabulary "
+                       "differs), so its outputs could not be read with the base model's token ids")
+    return Allocation(tuple(meta["layers"]), num_layers, f"healed:{path.name}", weights=str(path.resolve()))
 
 
 def _refuse_overlap(path: Path, data: dict, evaluated_ids: set[str], evaluated_hashes: set[str]) -> None:
@@ -111,3 +121,22 @@ def _refuse_overlap(path: Path, data: dict, evaluated_ids: set[str], evaluated_h
     if same_text:
         raise BadInput(f"healed variant {str(path)!r} was trained on the text of {same_text} evaluated sequence(s) "
                        f"under other ids; evaluate other rows or heal on other data")
+
+
+def _same_vocabulary(variant: Path, base_model: str) -> bool:
+    """Whether the variant's saved tokenizer has the base model's vocabulary and merges (true when the variant
+    saved none: only its weights are read).  `save_pretrained` may re-indent tokenizer.json, so the parsed
+    vocabulary is compared, not the bytes."""
+    own = variant / "tokenizer.json"
+    if not own.is_file():
+        return True
+    base = resolve_model(base_model) / "tokenizer.json"
+    if not base.is_file():
+        return True
+    return _vocabulary(own) == _vocabulary(base)
+
+
+def _vocabulary(path: Path) -> tuple:
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    model = stored.get("model") or {}
+    return model.get("vocab"), model.get("merges"), [(t.get("id"), t.get("content")) for t in stored.get("added_tokens") or []]

@@ -212,6 +212,30 @@ def test_controller_cli_cross_run_and_deploy(capsys, two_runs, controller_data):
     assert "speed ratio" in out and "decisions:" in out and "batches decoded: " in out
 
 
+def test_deploy_refusals_come_before_the_model(capsys, two_runs, controller_data, tmp_path, monkeypatch):
+    """A --tau outside [0, 1], a --tau without --controller and a controller of another model: one line, exit 2,
+    before any model loads."""
+    import shutil
+
+    from skiporacle.oracle import inputs as run_inputs
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was found")
+
+    monkeypatch.setattr(run_inputs, "load_model", refuse)
+    a, _ = two_runs
+    common = [*controller_data, "--limit", 2, "--offset", 2 * ROWS - 2, "--max-new-tokens", 2]
+    for tau in (1.5, -0.1):
+        assert_bad(capsys, "generate", *common, "--controller", a / "controller", "--tau", tau,
+                   match=r"--tau is a probability threshold in \[0, 1\] for --controller")
+    assert_bad(capsys, "generate", *common, "--tau", 0.5, match="without --controller")
+    other = tmp_path / "other"
+    shutil.copytree(a / "controller" / "model", other)
+    stored = json.loads((other / "settings.json").read_text())
+    (other / "settings.json").write_text(json.dumps({**stored, "model": "another-model"}))
+    assert_bad(capsys, "generate", *common, "--controller", other, match="was trained on model 'another-model'")
+
+
 def test_deployed_outputs_equal_the_engine_under_each_chosen_allocation(two_runs, tiny_llm_dir):
     """Grouping sequences by allocation and decoding from their rows of the shared cache changes no output."""
     from skiporacle.controller.deploy import generate_with_controller

@@ -232,6 +232,24 @@ def test_healed_space_lists_variants_with_twins_and_refuses_what_it_cannot_use(t
         healed_space(tmp_path / "missing", 30, "smollm2-135m", set())
 
 
+def test_a_variant_with_another_tokenizer_is_refused(tmp_path, tiny_llm_dir):
+    import shutil
+
+    from skiporacle.heal.variants import healed_space
+
+    variant = tmp_path / "m" / "v"
+    _fake_variant(variant, base_model=str(tiny_llm_dir), num_layers=6, layers=[0, 5])
+    shutil.copy(tiny_llm_dir / "tokenizer.json", variant / "tokenizer.json")
+    assert [a.spec for a in healed_space(tmp_path / "m", 6, str(tiny_llm_dir), set())] == ["healed:v", "base:v"]
+    stored = json.loads((variant / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = stored["model"]["vocab"]
+    first, second = list(vocab)[100:102]
+    vocab[first], vocab[second] = vocab[second], vocab[first]  # two tokens swap ids: another tokenizer
+    (variant / "tokenizer.json").write_text(json.dumps(stored, indent=1), encoding="utf-8")
+    with pytest.raises(BadInput, match="has another tokenizer than"):
+        healed_space(tmp_path / "m", 6, str(tiny_llm_dir), set())
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--layers", "0-2", "--steps", "0"], "--steps must be at least 1"),
     (["--layers", "0-2", "--steps", "1", "--lr", "-1"], "--lr must be positive"),
