@@ -35,7 +35,7 @@ SEARCH_OUT    ?= $(OUT)-$(SEARCH)-$(SEARCH_RULE)
 SEARCH_ARGS   ?=
 GPU_CHECK_OUT ?= runs/gpu-check.json
 
-.PHONY: setup browser gpu-check ranking labels controller pertoken heal oracle search compare perplexity dump curves report test bench clean
+.PHONY: setup browser gpu-check ranking labels controller pertoken heal oracle search compare perplexity dump curves report test bench bench-deploy clean
 
 setup: $(STAMP)
 
@@ -118,6 +118,9 @@ bench: setup
 	$(BIN)/python bench/decode_speed.py --device $(DEVICE)
 	$(BIN)/python bench/oracle_speed.py --n $(N) --device $(DEVICE)
 	$(BIN)/python bench/knapsack_speed.py --quick
+
+bench-deploy: setup  ## what each decision kind saves in wall-clock, side by side (bench/deploy_speed.py, 40 XSum prompts, caps 8 and 16)
+	$(BIN)/python bench/deploy_speed.py --n 40 --caps 8,16
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -175,14 +175,8 @@ def generate_candidates(
 
 
 def generate_in_batches(
-    model: PreTrainedModel,
-    tokenizer,
-    prompts: Sequence[str],
-    allocations: Sequence[Allocation],
-    protocol: DecodeProtocol,
-    progress: bool = False,
-    max_batch: int = 0,
-    wanted: set[int] | None = None,
+    model: PreTrainedModel, tokenizer, prompts: Sequence[str], allocations: Sequence[Allocation],
+    protocol: DecodeProtocol, progress: bool = False, max_batch: int = 0, wanted: set[int] | None = None,
     margins: bool = False,
 ) -> Iterator[list[tuple[int, list[Generation], list | None]]]:
     """Per planned batch, as it finishes: (prompt index, its generations [allocation], its margins or None).
