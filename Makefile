@@ -119,7 +119,7 @@ bench: setup
 	$(BIN)/python bench/oracle_speed.py --n $(N) --device $(DEVICE)
 	$(BIN)/python bench/knapsack_speed.py --quick
 
-bench-deploy: setup  ## what each decision kind saves in wall-clock, side by side (bench/deploy_speed.py, 40 XSum prompts, caps 8 and 16)
+bench-deploy: setup  ## what each decision kind saves in wall-clock, side by side (bench/deploy_speed.py, 40 XSum prompts, caps 8 and 16; 46 min on 2 cores)
 	$(BIN)/python bench/deploy_speed.py --n 40 --caps 8,16
 
 clean:
