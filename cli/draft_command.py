@@ -11,10 +11,11 @@ from pathlib import Path
 
 from skiporacle.cli.output_stream import OutputStream, stream_line
 from skiporacle.data.errors import BadInput
+from skiporacle.data.files import read_appended
 from skiporacle.eval.decode_protocol import DecodeProtocol
-from skiporacle.eval.generate import encode_prompts, generate as run_generate
+from skiporacle.eval.generate import generate as run_generate
 from skiporacle.eval.metrics import sequence_scores
-from skiporacle.eval.speculative import SpeculativeStats, cache_slots, generate_speculative, unsupported_draft
+from skiporacle.eval.speculative import SpeculativeStats, generate_speculative
 from skiporacle.heal.variants import read_heal_metadata, variant_allocation
 from skiporacle.search.allocation import check_spec, full, parse_spec
 
@@ -41,31 +42,26 @@ def generate_with_draft(args: argparse.Namespace, settings, inputs, model, token
     """Run the draft over every prompt (`stream`: an open --out stream or None) and print what it achieved."""
     draft = (variant_allocation(args.draft, inputs.num_layers, settings.model) if Path(args.draft).is_dir()
              else parse_spec(args.draft, inputs.num_layers))
-    protocol = settings.protocol
-    longest = max(map(len, encode_prompts(tokenizer, inputs.prompts)), default=0)
-    reason = unsupported_draft(model, cache_slots(longest, protocol.max_new_tokens, args.draft_tokens))
-    if reason:
-        raise BadInput(f"--draft: {reason}")
+    protocol, everything = settings.protocol, full(inputs.num_layers)
     scored, stats = inputs.scored_references(), SpeculativeStats()
     wanted = None if stream is None else {i for i, e in enumerate(inputs.ids) if e not in stream.done}
-    run_generate(model, tokenizer, inputs.prompts[:1], full(inputs.num_layers), DecodeProtocol(2))  # warm-up
+    run_generate(model, tokenizer, inputs.prompts[:1], everything, DecodeProtocol(2))  # warm-up
     start, outputs = time.perf_counter(), {}
     for batch in generate_speculative(model, tokenizer, inputs.prompts, draft, args.draft_tokens, protocol, stats,
                                       settings.batch_size, wanted):
         scores = sequence_scores(settings.metric, [g.text for _, g in batch], [scored[i] for i, _ in batch])
         if stream is not None:
-            stream.write([stream_line(inputs.ids[i], g, full(inputs.num_layers), s) for (i, g), s in zip(batch, scores)])
+            stream.write([stream_line(inputs.ids[i], g, everything, s) for (i, g), s in zip(batch, scores)])
         outputs.update((i, (g, s)) for (i, g), s in zip(batch, scores))
     seconds = time.perf_counter() - start
     print(f"draft {draft.spec} ({draft.cost} of {inputs.num_layers} layers), {args.draft_tokens} tokens a round: "
           f"{100 * stats.acceptance:.1f} % of drafted tokens accepted, {stats.tokens_per_round:.2f} tokens per check; "
           f"draft {stats.draft_seconds:.1f} s, checks {stats.verify_seconds:.1f} s; {stats.near_ties} near-ties")
     if stream is not None:
-        print(stream.summary(seconds))
+        print(stream.summary(read_appended(stream.path), seconds))
         return 0
     start = time.perf_counter()
-    baseline = run_generate(model, tokenizer, inputs.prompts, full(inputs.num_layers), protocol,
-                            max_batch=settings.batch_size)
+    baseline = run_generate(model, tokenizer, inputs.prompts, everything, protocol, max_batch=settings.batch_size)
     full_seconds = time.perf_counter() - start
     for i, example_id in enumerate(inputs.ids):
         g, score = outputs[i]

@@ -80,8 +80,9 @@ def generate(args: argparse.Namespace) -> int:
           f"({100 * allocation.fraction:.1f} %) per generated token; at most {settings.max_new_tokens} new tokens, "
           f"the first predicted by the {'full model' if settings.first_token == 'full' else 'allocation'}")
     if stream is not None:
-        scores = [r["score"] for r in read_appended(stream.path)]
-        print(stream.summary())
+        rows = read_appended(stream.path)
+        scores = [r["score"] for r in rows]
+        print(stream.summary(rows))
     print(f"mean {settings.metric} = {sum(scores) / max(len(scores), 1):.2f} over {len(scores)} sequences; "
           f"{tokens} tokens generated in {seconds:.1f} s ({tokens / max(seconds, 1e-9):.1f} tokens/s)")
     if texts and (settings.metric.startswith("rouge") or settings.metric in ("bleu", "chrf")):
@@ -126,7 +127,7 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream:
                                             settings.batch_size, wanted, write, **mixed)
         rows = read_appended(stream.path)
         layers = sum(r["layers"] for r in rows) / max(len(rows), 1)
-        print(stream.summary(deployed.seconds))
+        print(stream.summary(rows, deployed.seconds))
         print(f"controller (tau {tau:.2f}): mean {layers:.2f} of {n} layers ({100 * layers / n:.1f} %) per sequence; "
               f"mean {settings.metric} {sum(r['score'] for r in rows) / max(len(rows), 1):.2f}")
         return 0

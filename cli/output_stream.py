@@ -31,9 +31,9 @@ class OutputStream:
         """Append one batch's lines and force them to disk."""
         append_lines(self.path, rows)
 
-    def summary(self, seconds: float | None = None) -> str:
-        """How many lines the file holds, how many were there before this run, and (`seconds`) how long it took."""
-        rows = read_appended(self.path)
+    def summary(self, rows: list[dict], seconds: float | None = None) -> str:
+        """How many lines the file holds (`rows`, as read back after the run), how many were there before this
+        run, and (`seconds`) how long it took."""
         took = "" if seconds is None else f" in {seconds:.1f} s"
         return (f"skiporacle: {len(rows)} outputs in {self.path} ({len(self.done)} resumed, "
                 f"{len(rows) - len(self.done)} written now{took})")

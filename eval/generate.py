@@ -96,10 +96,11 @@ def generate_batch(
     for allocation in allocations:
         view = allocation_view(model, allocation)
         gaps: list[list[float]] | None = [[] for _ in rows] if margins is not None else None
-        if shared is None:  # the allocation reads the prompt itself (its last token too under "full"), grouped by
-            end = ids.shape[1] if full_first else ids.shape[1] - 1  # length as the full model's is
-            own, _ = prefill_shared(view, ids[:, :end], mask[:, :end])
-        cache = AllocationCache(allocation.layers, shared if shared is not None else own, reserve=new + 1)
+        prompt_cache = shared
+        if prompt_cache is None:  # the allocation reads the prompt itself (its last token too under "full"),
+            end = ids.shape[1] if full_first else ids.shape[1] - 1  # grouped by length as the full model's is
+            prompt_cache, _ = prefill_shared(view, ids[:, :end], mask[:, :end])
+        cache = AllocationCache(allocation.layers, prompt_cache, reserve=new + 1)
         if full_first:
             generated = decode_after(view, cache, first, mask, new, eos, gaps)
         else:

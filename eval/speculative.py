@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from skiporacle.data.errors import BadInput
 from skiporacle.eval.batching import left_pad, plan_for
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.decode import decode_one_token, prefill_shared, top2_margin
@@ -87,7 +88,7 @@ def speculative_decode(
     covers it and that token.  A row stops at EOS (kept) or after `max_new_tokens` tokens.
     """
     n = len(mask)
-    cache = AllocationCache(full(draft.num_layers).layers, prompt_cache, reserve=max_new_tokens * (draft_tokens + 1))
+    cache = AllocationCache(full(draft.num_layers).layers, prompt_cache, reserve=cache_slots(0, max_new_tokens, draft_tokens))
     draft_cache, view = cache.sharing(draft.layers), allocation_view(model, draft)
     out: list[list[int]] = [[] for _ in range(n)]
     live = list(range(n))
@@ -113,22 +114,23 @@ def speculative_decode(
                       use_cache=True).logits  # [B, k + 1, V]
         greedy = check.argmax(-1)  # [B, k + 1]
         agree = (drafted == greedy[:, :k]).long().cumprod(1).sum(1)  # [B]: a, the drafts kept
-        gaps = top2_margin(check.flatten(0, 1)).view(len(live), k + 1)
-        stats.verify_seconds += time.perf_counter() - middle
+        near = top2_margin(check.flatten(0, 1)).view(len(live), k + 1) < NEAR_TIE
+        # The checked drafts past the kept ones: out of every later attention.
+        mask[:, slots:] = (torch.arange(k + 1, device=mask.device) <= agree[:, None]).to(mask.dtype)
+        host_drafted, host_greedy, host_near, host_agree = (t.tolist() for t in (drafted, greedy, near, agree))
+        stats.verify_seconds += time.perf_counter() - middle  # the round's one copy to the host included
         stats.draft_seconds += middle - start
         stats.steps.append(k)
-        kept_rows, host_agree = [], agree.tolist()
+        kept_rows = []
         for b, (row, a) in enumerate(zip(live, host_agree)):
-            new = (drafted[b, :a].tolist() + [int(greedy[b, a])])[: max_new_tokens - len(out[row])]
-            near = (gaps[b, : a + 1] < NEAR_TIE).tolist()
+            new = (host_drafted[b][:a] + [host_greedy[b][a]])[: max_new_tokens - len(out[row])]
             end = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))  # EOS ends the row, kept
-            new, near = new[:end], near[:end]
+            new = new[:end]
             out[row] += new
             stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + k, stats.accepted + a
-            stats.emitted, stats.near_ties = stats.emitted + len(new), stats.near_ties + sum(near)
+            stats.emitted, stats.near_ties = stats.emitted + len(new), stats.near_ties + sum(host_near[b][:end])
             if not (out[row][-1] in eos or len(out[row]) >= max_new_tokens):
                 kept_rows.append(b)
-            mask[b, slots + a + 1 :] = 0  # the checked drafts past the kept ones: out of every later attention
         token = greedy[torch.arange(len(live), device=mask.device), agree]
         position = position + agree + 1
         if len(kept_rows) < len(live):
@@ -148,9 +150,13 @@ def generate_speculative(
     Planned once over all prompts, as `generate.generate_in_batches`, so a resumed stream equals an
     uninterrupted one; only batches holding a `wanted` index (default: all) run.  The full model reads each
     prompt (the draft reads its cache), whatever `protocol.first_token` says: the output is the full model's.
+    BadInput (before the first batch) where `unsupported_draft` names why the model cannot.
     """
     protocol = with_model_eos(protocol, model, tokenizer)
     rows = encode_prompts(tokenizer, prompts)
+    reason = unsupported_draft(model, cache_slots(max(map(len, rows), default=0), protocol.max_new_tokens, draft_tokens))
+    if reason:
+        raise BadInput(f"--draft: {reason}")
     for batch in plan_for(model, [len(r) for r in rows], max_batch):
         if wanted is not None and not any(i in wanted for i in batch):
             continue

@@ -133,10 +133,13 @@ def _same_vocabulary(variant: Path, base_model: str) -> bool:
     base = resolve_model(base_model) / "tokenizer.json"
     if not base.is_file():
         return True
-    return _vocabulary(own) == _vocabulary(base)
+    return _vocabulary(str(own), _stat_key(own)) == _vocabulary(str(base), _stat_key(base))
 
 
-def _vocabulary(path: Path) -> tuple:
-    stored = json.loads(path.read_text(encoding="utf-8"))
+@lru_cache(maxsize=16)
+def _vocabulary(path: str, stat_key: tuple) -> tuple:
+    """The vocabulary, merges and added tokens of a tokenizer.json, parsed once per state of the file (`stat_key`):
+    a family of variants compares against the same base tokenizer."""
+    stored = json.loads(Path(path).read_text(encoding="utf-8"))
     model = stored.get("model") or {}
     return model.get("vocab"), model.get("merges"), [(t.get("id"), t.get("content")) for t in stored.get("added_tokens") or []]

@@ -27,7 +27,7 @@ FIELDS = ("series", "spec", "percent_layers", "mean_score", "low", "high")
 
 
 def curve_rows(records: list[SequenceRecord], tolerance: float, resamples: int = RESAMPLES, seed: int = 0,
-               metric: str | None = None, out: Path | None = None) -> list[SequenceRecord]:
+               metric: str | None = None, out: Path | None = None) -> list[dict]:
     """One row per plotted point: static candidates by space, knapsack curve, rule points, full model.
 
     Bands resample sequences by position in id order (`stats.resample_rows`), as summary.json's
