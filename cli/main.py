@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from skiporacle.cli import controller_commands, generate_command, heal_command, model_commands, run_folder_commands
+from skiporacle.cli import controller_commands, export_command, generate_command, heal_command, model_commands, run_folder_commands
 from skiporacle.cli.parsers import build_parser
 from skiporacle.cli.run_settings import placement_of
 from skiporacle.data.errors import BadInput, RunStopped
@@ -30,6 +30,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "curves": run_folder_commands.curves,
     "report": run_folder_commands.report,
     "compare": run_folder_commands.compare,
+    "export": export_command.export,
 }
 
 

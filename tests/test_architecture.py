@@ -154,6 +154,7 @@ REACHED_THROUGH = {
     "skiporacle.cli.controller_parsers": ("test_pertoken.py", '"pertoken"'),
     "skiporacle.cli.draft_command": ("test_speculative.py", '"--draft"'),
     "skiporacle.cli.generate_command": ("test_generate_command.py", '"generate"'),
+    "skiporacle.cli.export_command": ("test_export.py", '"export"'),
     "skiporacle.cli.output_stream": ("test_generate_command.py", '"--out"'),
     "skiporacle.cli.heal_command": ("test_heal.py", '"heal"'),
     "skiporacle.cli.run_folder_commands": ("test_cli.py", '"dump"'),
