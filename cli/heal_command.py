@@ -13,6 +13,7 @@ from skiporacle.data.prompts import fit_prompt, prompt_budget
 from skiporacle.eval.model import EMBEDDED_MODELS, load_model, num_layers
 from skiporacle.eval.ranking import cached_drop_order
 from skiporacle.heal.distil import HealSettings, heal as run_heal, refuse_existing
+from skiporacle.heal.family import FAMILY_PLOT, FAMILY_TABLE, family_lines, write_family
 from skiporacle.heal.texts import example_id, heal_examples, split_holdout
 from skiporacle.search.allocation import parse_spec
 from skiporacle.search.spaces import importance_space, parse_budgets
@@ -22,9 +23,15 @@ def heal(args: argparse.Namespace) -> int:
     """Distil one allocation into a healed variant folder (resumable)."""
     for name, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 2),
                              ("--examples", args.examples, 1), ("--holdout", args.holdout, 1), ("--lora", args.lora, 0),
-                             ("--calibration", args.calibration, 1), ("--checkpoint-every", args.checkpoint_every, 1)):
+                             ("--calibration", args.calibration, 1), ("--checkpoint-every", args.checkpoint_every, 1),
+                             ("--eval-every", args.eval_every, 1), ("--patience", args.patience, 0),
+                             ("--train-last", args.train_last, 0)):
         if value < low:
             raise BadInput(f"{name} must be at least {low}, got {value}")
+    if not 0 <= args.min_gain < 1:
+        raise BadInput(f"--min-gain is a relative gain in [0, 1), got {args.min_gain:g}")
+    if args.train_norm and args.lora:
+        raise BadInput("--train-norm trains the norm's weights, --lora only adapters: choose one")
     learning_rate = args.lr if args.lr is not None else (3e-3 if args.lora else 3e-4)
     if not learning_rate > 0:
         raise BadInput(f"--lr must be positive, got {learning_rate}")
@@ -61,13 +68,26 @@ def heal(args: argparse.Namespace) -> int:
         allocation = parse_spec(args.layers, n)
     if allocation.is_full:
         raise BadInput(f"--layers {args.layers!r} keeps every layer: nothing to heal")
+    if args.train_last > allocation.cost:
+        raise BadInput(f"--train-last {args.train_last}: {allocation.spec} keeps only {allocation.cost} layers")
     settings = HealSettings(
         model=model_name, layers=allocation.layers, spec=allocation.spec, steps=args.steps, learning_rate=learning_rate,
         batch_size=args.batch_size, seq_len=args.seq_len, bf16=args.bf16, lora_rank=args.lora, seed=args.seed,
         sources=sources, examples=args.examples, holdout=args.holdout, checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every, patience=args.patience, min_gain=args.min_gain, train_last=args.train_last,
+        train_norm=args.train_norm,
     )
     meta = run_heal(settings, model, tokenizer, out, resume=args.resume, calibration_ids=calibration)
     print(f"skiporacle: healed {allocation.spec} ({allocation.cost}/{n} layers: {','.join(map(str, allocation.layers))}) "
-          f"in {meta['train_seconds']:.0f} s of training; held-out KL {meta['kl']['initial']:.4f} -> "
+          f"in {len(meta['losses'])} steps ({meta['stopped']}), {meta['train_seconds']:.0f} s of training; held-out KL {meta['kl']['initial']:.4f} -> "
           f"{meta['kl']['final']:.4f} nats/token; saved to {out}")
+    return 0
+
+
+def heal_family(args: argparse.Namespace) -> int:
+    """family.json and family.png of the healed variants in --folder, and their table."""
+    folder = Path(args.folder)
+    rows = write_family(folder)
+    print("\n".join(family_lines(rows)))
+    print(f"skiporacle: {len(rows)} variant(s); {folder / FAMILY_TABLE}, {folder / FAMILY_PLOT}")
     return 0

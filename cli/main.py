@@ -22,6 +22,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "oracle": model_commands.oracle,
     "rank": model_commands.rank,
     "heal": heal_command.heal,
+    "heal-family": heal_command.heal_family,
     "controller": controller_commands.controller,
     "pertoken": controller_commands.pertoken,
     "plausibility": run_folder_commands.plausibility,

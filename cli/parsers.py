@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     hea.add_argument("--layers", required=True,
                      help="allocation to heal: importance:N (N layers kept by the importance order), uniform:N, "
                           "exit:L, or a list like 0-10,12,15-29")
-    hea.add_argument("--steps", type=int, required=True, help="optimiser steps")
+    hea.add_argument("--steps", type=int, required=True,
+                     help="the most optimiser steps (the compute budget); the run stops earlier on a plateau of the "
+                          "held-out KL (see --patience)")
     hea.add_argument("--out", required=True, help="folder of the healed variant, e.g. models/heal-24 (must not exist)")
     hea.add_argument("--lr", type=float, default=None,
                      help="AdamW learning rate, constant (default: 3e-4, or 3e-3 with --lora; the best of 3 tried)")
@@ -83,6 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     hea.add_argument("--checkpoint-every", type=int, default=HEAL.checkpoint_every,
                      help=f"steps between checkpoints (default: {HEAL.checkpoint_every})")
     hea.add_argument("--resume", action="store_true", help="continue the interrupted run of --out from its last checkpoint")
+    hea.add_argument("--eval-every", type=int, default=HEAL.eval_every,
+                     help=f"steps between held-out KL measurements, the learning curve in heal.json (default: {HEAL.eval_every})")
+    hea.add_argument("--patience", type=int, default=HEAL.patience,
+                     help=(f"stop when the best of the last PATIENCE measurements is not --min-gain below the best "
+                           f"before them; 0 runs every step (default: {HEAL.patience})"))
+    hea.add_argument("--min-gain", type=float, default=HEAL.min_gain,
+                     help=f"relative held-out KL gain that counts as progress (default: {HEAL.min_gain})")
+    hea.add_argument("--train-last", type=int, default=HEAL.train_last, metavar="K",
+                     help="train only the last K kept layers, the ones next to the cut (default: 0, every kept layer)")
+    hea.add_argument("--train-norm", action="store_true",
+                     help=("train the final norm too (with --layers exit:L --train-last K: the 'reassessing layer "
+                           "pruning' baseline); such a variant runs as --model FOLDER or exported, not in --space healed"))
+
+    fam = sub.add_parser("heal-family", help="the healed variants of a folder side by side (family.json, family.png)",
+                         description=("Read every healed variant's heal.json in --folder and write FOLDER/family.json "
+                                      "(one row per variant: layers, which weights trained, steps, why it stopped, "
+                                      "seconds, held-out KL before and after, the learning curve) and "
+                                      "FOLDER/family.png (the learning curves; held-out KL against kept layers)."))
+    fam.add_argument("--folder", default="models", help="folder of healed variants (default: models)")
 
     orc = sub.add_parser("oracle", help="score every candidate allocation on every sequence and pick the oracle's choice",
                          description="Score candidate allocations per sequence; write runs/NAME/allocations.jsonl and summary.json.")

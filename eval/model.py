@@ -135,6 +135,17 @@ def layer_path(model: nn.Module) -> tuple[str, ...]:
     raise BadInput(f"unsupported model layout {type(model).__name__}: no decoder layer list found")
 
 
+def final_norm_name(model: nn.Module) -> str:
+    """The attribute, beside the decoder-layer list, of the norm applied before the LM head."""
+    node = model
+    for attr in layer_path(model)[:-1]:
+        node = getattr(node, attr)
+    for name in ("norm", "ln_f", "final_layer_norm"):  # Llama-like, GPT-2, OPT
+        if isinstance(getattr(node, name, None), nn.Module):
+            return name
+    raise BadInput(f"unsupported model layout {type(model).__name__}: no final norm found")
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's decoder-layer list."""
     node = model

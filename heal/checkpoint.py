@@ -1,7 +1,7 @@
 """Checkpoints of an interrupted heal run: `models/NAME.partial/checkpoint.pt`.
 
 A checkpoint holds the trainable weights, the optimiser state, the losses so
-far, the training seconds, and torch's random number generator states (CPU,
+far, the training seconds, the held-out learning curve, and torch's random number generator states (CPU,
 and CUDA when initialised), so that dropout masks after a resume are the ones
 the uninterrupted run would have drawn.  Batches need no saved state: they are
 a fixed function of (seed, step) (see `distil.batch_at`).
@@ -35,7 +35,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(partial: Path, settings: dict, student, optimizer, losses: list[float], seconds: float) -> None:
+def save_checkpoint(partial: Path, settings: dict, student, optimizer, losses: list[float], seconds: float,
+                    curve: list[tuple[int, float]]) -> None:
     """Write `partial/checkpoint.pt` atomically (temporary file, fsync, rename); `settings` as `asdict`."""
     state = {
         "settings": settings,
@@ -43,6 +44,7 @@ def save_checkpoint(partial: Path, settings: dict, student, optimizer, losses: l
         "optimizer": optimizer.state_dict(),
         "losses": list(losses),
         "seconds": seconds,
+        "curve": [list(point) for point in curve],
         "rng": rng_state(),
     }
     write_atomic(partial / CHECKPOINT, lambda f: torch.save(state, f))
@@ -60,6 +62,8 @@ def load_checkpoint(partial: Path, settings: dict) -> dict | None:
     state = torch.load(path, weights_only=False, map_location="cpu")  # restore() copies onto the student's device
     stored, now = {**state["settings"], "steps": None}, {**settings, "steps": None}
     refuse_other_settings(partial, stored, now, list(now))
+    if "curve" not in state:
+        raise BadInput(f"--resume: the checkpoint in {str(partial)!r} predates learning curves; delete it and heal again")
     if len(state["losses"]) > settings["steps"]:
         raise BadInput(f"--resume: the checkpoint is past step {settings['steps']} already")
     return state

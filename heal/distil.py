@@ -7,7 +7,8 @@ learning rate.  Batch k of step s is a fixed function of (seed, s), so a run
 resumed from a checkpoint continues exactly as the uninterrupted run would
 (the checkpoint holds torch's random state too, for dropout: see checkpoint.py).
 Held-out KL is always measured in eval mode (no dropout), training runs in
-train mode.
+train mode: at step 0, every `eval_every` steps (the learning curve) and at the
+end.  A run stops at `steps`, or earlier on a plateau of that curve (`plateaued`).
 
 Layout while training `models/NAME`: `models/NAME.partial/checkpoint.pt`
 (written every `checkpoint_every` steps, atomically).  When done, the variant
@@ -86,6 +87,14 @@ def held_out_kl(student, teacher, texts: list[HealText], batch_size: int, pad_id
     return total / tokens
 
 
+def plateaued(kls: list[float], patience: int, min_gain: float) -> bool:
+    """Whether the best of the last `patience` held-out KLs is not `min_gain` (relative) below the best before
+    them; never with patience 0 or fewer than patience + 1 measurements."""
+    if patience < 1 or len(kls) <= patience:
+        return False
+    return min(kls[-patience:]) > min(kls[:-patience]) * (1 - min_gain)
+
+
 def batch_at(step: int, train: list[HealText], settings: HealSettings) -> list[HealText]:
     """The windows of step `step` (0-based): epochs are seeded permutations of the training windows."""
     per_epoch = max(1, len(train) // settings.batch_size)
@@ -113,29 +122,43 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
     _check_out(out, partial, resume)
     teacher.eval()
     torch.manual_seed(settings.seed)
-    student = build_student(teacher, settings.layers, settings.lora_rank)
+    student = build_student(teacher, settings.layers, settings.lora_rank, settings.train_last, settings.train_norm)
     student.train()
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
     pad_id = tokenizer.pad_token_id
-    initial_kl = held_out_kl(student, teacher, holdout, settings.batch_size, pad_id)
+
+    def measure() -> float:
+        return held_out_kl(student, teacher, holdout, settings.batch_size, pad_id)
+
     losses: list[float] = []
     seconds = 0.0
     state = load_checkpoint(partial, asdict(settings)) if resume else None
     if state is not None:
         restore(student, optimizer, state)
-        losses, seconds = state["losses"], state["seconds"]
+        losses, seconds, curve = state["losses"], state["seconds"], [tuple(c) for c in state["curve"]]
+    else:
+        curve = [(0, measure())]  # (step, held-out KL in nats per token)
     bar = tqdm(total=settings.steps, initial=len(losses), unit="step", desc=f"heal {settings.spec}", disable=not progress)
+    stop = "max-steps"
     for step in range(len(losses), settings.steps):
         start = time.perf_counter()
         ids, mask = pad_batch(batch_at(step, train, settings), pad_id, teacher.device)
         losses.append(train_step(student, optimizer, teacher, ids, mask, settings.bf16))
         seconds += time.perf_counter() - start
-        bar.set_postfix(kl=f"{np.mean(losses[-10:]):.3f}")
+        if (step + 1) % settings.eval_every == 0 and step + 1 < settings.steps:
+            curve.append((step + 1, measure()))
+            if plateaued([kl for _, kl in curve], settings.patience, settings.min_gain):
+                stop = "plateau"
+        bar.set_postfix(kl=f"{np.mean(losses[-10:]):.3f}", held_out=f"{curve[-1][1]:.3f}")
         bar.update(1)
+        if stop == "plateau":
+            break
         if (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-            save_checkpoint(partial, asdict(settings), student, optimizer, losses, seconds)
+            save_checkpoint(partial, asdict(settings), student, optimizer, losses, seconds, curve)
     bar.close()
+    if curve[-1][0] != len(losses):
+        curve.append((len(losses), measure()))
     student.eval()
     metadata = {
         "base_model": settings.model,
@@ -146,8 +169,9 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
         "data": {"sources": list(settings.sources), "train_ids": [t.id for t in train],
                  "holdout_ids": [t.id for t in holdout], "calibration_ids": list(calibration_ids),
                  "source_hashes": sorted({t.source_hash for t in texts})},
-        "kl": {"initial": initial_kl, "final": held_out_kl(student, teacher, holdout, settings.batch_size, pad_id),
-               "holdout_windows": len(holdout)},
+        "kl": {"initial": curve[0][1], "final": curve[-1][1], "holdout_windows": len(holdout)},
+        "curve": [list(point) for point in curve],
+        "stopped": stop,
         "losses": losses,
         "train_seconds": seconds,
         "versions": package_versions(),

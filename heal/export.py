@@ -55,7 +55,7 @@ def export_allocation(base: PreTrainedModel, base_name: str, allocation: Allocat
 def export_variant(folder: Path, base_name: str, base_layers: int, out: Path) -> dict:
     """Copy the healed variant in `folder` (BadInput if it is not one, or not of `base_name`) to `out`."""
     read_heal_metadata(folder)  # one line if `folder` is not a variant
-    allocation = variant_allocation(folder, base_layers, base_name)
+    allocation = variant_allocation(folder, base_layers, base_name, on_base=False)
     meta = _metadata(base_name, base_layers, allocation, source=f"healed variant {Path(folder).resolve()}")
 
     def write(tmp: Path) -> None:

@@ -20,12 +20,14 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from skiporacle.data.errors import BadInput
-from skiporacle.eval.model import decoder_layers, layer_path, sliced_config
+from skiporacle.eval.model import decoder_layers, final_norm_name, layer_path, sliced_config
 from skiporacle.heal.variants import write_heal_metadata
 
 
-def build_student(base: PreTrainedModel, layers: tuple[int, ...], lora_rank: int = 0) -> PreTrainedModel:
-    """A trainable copy of `base` running only `layers`; only decoder-layer weights require grad.
+def build_student(base: PreTrainedModel, layers: tuple[int, ...], lora_rank: int = 0, train_last: int = 0,
+                  train_norm: bool = False) -> PreTrainedModel:
+    """A trainable copy of `base` running only `layers`; only decoder-layer weights require grad: those of the
+    last `train_last` kept layers (0: all), plus the final norm's with `train_norm`.
 
     With `lora_rank` > 0 the layers' linear maps get LoRA adapters (peft) and
     only the adapters train.
@@ -45,8 +47,11 @@ def build_student(base: PreTrainedModel, layers: tuple[int, ...], lora_rank: int
     student.load_state_dict(state, strict=True)
     student.to(base.device)
     student.generation_config = copy.deepcopy(base.generation_config)
+    first_trained = len(layers) - train_last if train_last else 0
+    trained = tuple(f"{prefix}{i}." for i in range(first_trained, len(layers)))
+    norm = (f"{'.'.join(layer_path(base)[:-1])}.{final_norm_name(base)}.",) if train_norm else ()
     for name, parameter in student.named_parameters():
-        parameter.requires_grad = name.startswith(prefix) and not lora_rank
+        parameter.requires_grad = (name.startswith(trained) and not lora_rank) or name.startswith(norm)
     if lora_rank:
         try:
             from peft import LoraConfig, get_peft_model
@@ -55,7 +60,7 @@ def build_student(base: PreTrainedModel, layers: tuple[int, ...], lora_rank: int
         modules = sorted({n.rsplit(".", 1)[-1] for n, m in decoder_layers(student).named_modules()
                           if isinstance(m, torch.nn.Linear)})
         lora = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, target_modules=modules,
-                          layers_to_transform=list(range(len(layers))))
+                          layers_to_transform=list(range(first_trained, len(layers))))
         with warnings.catch_warnings():  # peft calls a transformers property deprecated in 5.x
             warnings.simplefilter("ignore", FutureWarning)
             student = get_peft_model(student, lora)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Collection
@@ -73,6 +74,7 @@ def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated
     """Every healed variant in `folder`, each followed by its training-free twin (same layers, base weights).
 
     A variant's cost is its layers per generated token, as for any allocation.
+    A variant that trained its own final norm is left out, with a note (see `variant_allocation`).
     Refused (BadInput): a folder without variants, a variant of another base
     model or depth, one whose heal rows overlap the evaluated rows by id
     ("task:id" in `evaluated_ids`) or by content (a source `content_hash` in
@@ -87,17 +89,27 @@ def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated
         raise BadInput(f"healed space: no healed variant (a folder with {HEAL_METADATA}) in {str(root)!r}")
     out = []
     for path in variants:
+        if read_heal_metadata(path).get("settings", {}).get("train_norm"):
+            print(f"skiporacle: {path} trained its own final norm: left out of the healed space (run it as "
+                  "--model FOLDER, or export it)", file=sys.stderr)
+            continue
         healed = variant_allocation(path, num_layers, base_model)
         _refuse_overlap(path, read_heal_metadata(path)["data"], evaluated_ids, set(evaluated_hashes))
         out += [healed, Allocation(healed.layers, num_layers, f"base:{path.name}")]
+    if not out:
+        raise BadInput(f"healed space: no variant in {str(root)!r} runs inside the base model (each trained its own norm)")
     return out
 
 
-def variant_allocation(folder: str | Path, num_layers: int, base_model: str) -> Allocation:
+def variant_allocation(folder: str | Path, num_layers: int, base_model: str, on_base: bool = True) -> Allocation:
     """The healed variant in `folder` as an allocation of `base_model` (spec `healed:NAME`, its weights the
-    folder's); BadInput for a variant of another base model, depth or tokenizer."""
+    folder's); BadInput for a variant of another base model, depth or tokenizer, and, `on_base` (its layers to
+    run inside the base model), for one that trained its own final norm: the base's decoding paths keep theirs."""
     path = Path(folder)
     meta = read_heal_metadata(path)
+    if on_base and meta.get("settings", {}).get("train_norm"):
+        raise BadInput(f"healed variant {str(path)!r} trained its own final norm, which runs only in its own folder: "
+                       "use it as --model FOLDER (its layers then read the prompt too) or export it")
     same_base = meta["base_model"] == base_model or Path(meta["base_model"]).resolve() == Path(base_model).resolve()
     if not same_base or meta["num_layers"] != num_layers:
         raise BadInput(f"healed variant {str(path)!r} was distilled from {meta['base_model']} "

@@ -157,6 +157,7 @@ REACHED_THROUGH = {
     "skiporacle.cli.export_command": ("test_export.py", '"export"'),
     "skiporacle.cli.output_stream": ("test_generate_command.py", '"--out"'),
     "skiporacle.cli.heal_command": ("test_heal.py", '"heal"'),
+    "skiporacle.heal.family": ("test_heal_family.py", '"heal-family"'),
     "skiporacle.cli.run_folder_commands": ("test_cli.py", '"dump"'),
     "skiporacle.controller.evaluation_result": ("test_controller.py", "deployable controller"),
     "skiporacle.controller.plot": ("test_controller.py", "controller.png"),

@@ -26,7 +26,8 @@ LAYERS = (0, 2, 3, 5)
 
 def _settings(model_dir: Path, **changes) -> HealSettings:
     base = dict(model=str(model_dir), layers=LAYERS, spec="0,2,3,5", steps=6, learning_rate=3e-3, batch_size=2,
-                seq_len=24, sources=("xsum", "samsum"), examples=5, holdout=2, checkpoint_every=2)
+                seq_len=24, sources=("xsum", "samsum"), examples=5, holdout=2, checkpoint_every=2, eval_every=2,
+                patience=0)
     return HealSettings(**{**base, **changes})
 
 
@@ -140,6 +141,7 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tiny, tin
     resumed = heal(settings, model, tokenizer, tmp_path / "cut", resume=True, progress=False)
     assert resumed["losses"] == whole["losses"]
     assert resumed["kl"] == whole["kl"]
+    assert resumed["curve"] == whole["curve"] and [s for s, _ in whole["curve"]] == [0, 2, 4, 6]
     a, _ = load_model(str(tmp_path / "whole"))
     b, _ = load_model(str(tmp_path / "cut"))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
