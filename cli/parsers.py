@@ -1,6 +1,6 @@
 """The `skiporacle` parser: generate, heal, oracle, rank, plausibility, perplexity, dump, curves, report, compare
-(controller and pertoken: `controller_parsers.py`; export: `export_command.py`).  Which function runs each command:
-`main.COMMANDS`."""
+(controller and pertoken: `controller_parsers.py`; export and savings: their command modules).  Which function
+runs each command: `main.COMMANDS`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from skiporacle.eval.mixed_decode import MIXED_PATHS
 from skiporacle.cli.arguments import Parser, add_data_args, add_decoding_args, add_device, add_model_args
 from skiporacle.cli.controller_parsers import add_controller_parsers
 from skiporacle.cli.export_command import add_export_parser
+from skiporacle.cli.savings_command import add_savings_parsers
 from skiporacle.heal.heal_settings import DEFAULTS as HEAL
 from skiporacle.oracle.candidate_list import spaces_help
 from skiporacle.oracle.oracle_settings import DEFAULTS
@@ -202,4 +203,5 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--run", required=True, help="run folder (e.g. a --space greedy run)")
     cmp_.add_argument("--against", required=True, help="run folder of the same sequences (e.g. make oracle's)")
     add_export_parser(sub)
+    add_savings_parsers(sub)
     return parser

@@ -94,7 +94,7 @@ def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated
                   "--model FOLDER, or export it)", file=sys.stderr)
             continue
         healed = variant_allocation(path, num_layers, base_model)
-        _refuse_overlap(path, read_heal_metadata(path)["data"], evaluated_ids, set(evaluated_hashes))
+        refuse_heal_overlap(path, read_heal_metadata(path)["data"], evaluated_ids, set(evaluated_hashes))
         out += [healed, Allocation(healed.layers, num_layers, f"base:{path.name}")]
     if not out:
         raise BadInput(f"healed space: no variant in {str(root)!r} runs inside the base model (each trained its own norm)")
@@ -120,7 +120,7 @@ def variant_allocation(folder: str | Path, num_layers: int, base_model: str, on_
     return Allocation(tuple(meta["layers"]), num_layers, f"healed:{path.name}", weights=str(path.resolve()))
 
 
-def _refuse_overlap(path: Path, data: dict, evaluated_ids: set[str], evaluated_hashes: set[str]) -> None:
+def refuse_heal_overlap(path: Path, data: dict, evaluated_ids: set[str], evaluated_hashes: set[str]) -> None:
     used = set(data["train_ids"]) | set(data["holdout_ids"]) | set(data.get("calibration_ids", []))
     overlap = sorted(used & evaluated_ids)
     if overlap:

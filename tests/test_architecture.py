@@ -159,6 +159,7 @@ REACHED_THROUGH = {
     "skiporacle.cli.heal_command": ("test_heal.py", '"heal"'),
     "skiporacle.heal.family": ("test_heal_family.py", '"heal-family"'),
     "skiporacle.cli.run_folder_commands": ("test_cli.py", '"dump"'),
+    "skiporacle.cli.savings_command": ("test_savings.py", '"savings"'),
     "skiporacle.controller.evaluation_result": ("test_controller.py", "deployable controller"),
     "skiporacle.controller.plot": ("test_controller.py", "controller.png"),
     "skiporacle.data.examples": ("test_data.py", "load_task"),

@@ -1,0 +1,106 @@
+"""`skiporacle savings` (issue 23): every static decision scored and timed beside the full model on the same rows
+in one process, resumable by block; the non-inferiority rule; tables merged only when they belong together."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from skiporacle.cli.main import main
+from skiporacle.data.errors import BadInput
+from skiporacle.oracle.savings import BLOCKS, Decision, merge_tables, savings_rows
+from skiporacle.search.allocation import full, parse_spec
+
+SPEC = "0,2-3,5"
+
+
+def _args(tiny_llm_dir, oracle_data, out, *decisions) -> list[str]:
+    return ["savings", "--model", str(tiny_llm_dir), "--data", str(oracle_data), "--input-field", "text",
+            "--reference-field", "summary", "--id-field", "id", "--limit", "8", "--max-new-tokens", "6",
+            "--block-rows", "3", "--rows", "unseen-rows", "--out", str(out), *sum((["--decision", d] for d in decisions), [])]
+
+
+def _without_seconds(lines: list[dict]) -> list[dict]:
+    return [{**line, "decisions": {k: {**v, "seconds": None} for k, v in line["decisions"].items()}} for line in lines]
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_savings_scores_and_times_each_decision_and_resumes_by_block(tiny_llm_dir, oracle_data, tmp_path, single_thread):
+    exported = tmp_path / "exported"
+    assert main(["export", "--model", str(tiny_llm_dir), "--layers", SPEC, "--out", str(exported)]) == 0
+    out = tmp_path / "run"
+    assert main(_args(tiny_llm_dir, oracle_data, out, SPEC, str(exported))) == 0
+    stored = json.loads((out / "savings.json").read_text())
+    rows = {r["decision"]: r for r in stored["table"]}
+    assert list(rows) == ["full", SPEC, "exported (4 layers)"]
+    assert rows["full"]["quality_diff"]["mean"] == 0 and rows["full"]["speedup"] == 1.0 and rows["full"]["n"] == 8
+    # The export is the spec read under its own layers: the same outputs, so the same paired difference.
+    assert rows[SPEC]["quality_diff"] == rows["exported (4 layers)"]["quality_diff"]
+    assert rows[SPEC]["layers_fraction"] == pytest.approx(4 / 6)
+    blocks = _lines(out / BLOCKS)
+    assert [len(b["ids"]) for b in blocks] == [3, 3, 2] and len({i for b in blocks for i in b["ids"]}) == 8
+    assert blocks[0]["decisions"][SPEC]["outputs"] == blocks[0]["decisions"]["exported (4 layers)"]["outputs"]
+
+    # Killed in block 3: the torn line goes, blocks 1-2 stay, and the resumed file holds what the whole run did.
+    text = (out / BLOCKS).read_text().splitlines(keepends=True)
+    (out / BLOCKS).write_text("".join(text[:2]) + text[2][:40])
+    assert main(_args(tiny_llm_dir, oracle_data, out, SPEC, str(exported))) == 2  # holds a run: needs --resume
+    assert main(_args(tiny_llm_dir, oracle_data, out, SPEC, str(exported)) + ["--resume"]) == 0
+    assert _without_seconds(_lines(out / BLOCKS)) == _without_seconds(blocks)
+    assert main(_args(tiny_llm_dir, oracle_data, out, "uniform:3") + ["--resume"]) == 2  # other decisions
+
+
+def _blocks(full_scores, other_scores, seconds=(2.0, 1.0)) -> list[dict]:
+    half = len(full_scores) // 2
+    return [{"block": b, "ids": [f"r{i}" for i in rows],
+             "decisions": {"full": {"seconds": seconds[0], "tokens": [4] * len(rows), "scores": [full_scores[i] for i in rows]},
+                           "cut": {"seconds": seconds[1], "tokens": [4] * len(rows), "scores": [other_scores[i] for i in rows]}}}
+            for b, rows in enumerate([range(0, half), range(half, len(full_scores))])]
+
+
+def test_non_inferior_only_when_the_paired_interval_stays_above_minus_one_point():
+    rng = np.random.default_rng(0)
+    base = 20 + 5 * rng.random(200)
+    decisions = [Decision("full", full(6), None, 6), Decision("cut", parse_spec("0-3", 6), None, 4)]
+    close = savings_rows(_blocks(base, base - 0.2 + 0.1 * rng.standard_normal(200)), decisions, 6, "t", "unseen-rows")
+    worse = savings_rows(_blocks(base, base - 1.5 + 0.1 * rng.standard_normal(200)), decisions, 6, "t", "unseen-rows")
+    assert close[1]["non_inferior"] and close[1]["quality_diff"]["low"] > -1
+    assert not worse[1]["non_inferior"] and worse[1]["quality_diff"]["high"] < -1
+    assert close[1]["speedup"] == pytest.approx(2.0) and close[1]["layers_fraction"] == pytest.approx(4 / 6)
+
+
+def test_tables_merge_only_within_one_model_and_once_per_task_and_rows(tmp_path):
+    def table(name, model, task, rows):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"model": model, "task": task, "rows": rows, "table": [{"decision": "full"}]}))
+        return path
+
+    a, b = table("a", "m", "xsum", "unseen-rows"), table("b", "m", "cnndm", "unseen-task")
+    assert len(merge_tables([a, b])) == 2
+    with pytest.raises(BadInput, match="different models"):
+        merge_tables([a, table("c", "other", "cnndm", "unseen-task")])
+    with pytest.raises(BadInput, match="a second table"):
+        merge_tables([a, table("d", "m", "xsum", "unseen-rows")])
+
+
+def test_a_healed_variant_trained_on_the_evaluated_rows_is_refused(tiny_llm_dir, tmp_path):
+    from skiporacle.eval.model import load_model
+    from skiporacle.heal.distil import HealSettings, heal
+
+    model, tokenizer = load_model(str(tiny_llm_dir))
+    variant = tmp_path / "heal-4"
+    heal(HealSettings(model=str(tiny_llm_dir), layers=(0, 2, 3, 5), spec=SPEC, steps=1, batch_size=2, seq_len=16,
+                      sources=("xsum",), examples=4, holdout=2), model, tokenizer, variant, progress=False)
+    done = subprocess.run([sys.executable, "-m", "skiporacle.cli", "savings", "--model", str(tiny_llm_dir),
+                           "--task", "xsum", "--offset", "996", "--limit", "2", "--rows", "unseen-rows",
+                           "--decision", str(variant), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "was trained on 2 evaluated sequence(s)" in done.stderr and not (tmp_path / "run").exists()
