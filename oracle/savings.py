@@ -57,7 +57,8 @@ def measure(decisions: list[Decision], models: dict, tokenizer, ids: list[str], 
         if sorted(line["decisions"]) != sorted(names) or line["ids"] != ids[line["block"] * block_rows:][:block_rows]:
             raise BadInput(f"{str(path)!r} holds other decisions or rows; use another --out")
     starts = range(len(done) * block_rows, len(ids), block_rows)
-    generate(models[None], tokenizer, prompts[:1], decisions[0].allocation, DecodeProtocol(2))  # warm-up, untimed
+    for decision in decisions:  # warm-up, untimed: no decision pays first-call costs in its first block
+        generate(models[decision.folder], tokenizer, prompts[:1], decision.allocation, DecodeProtocol(2))
     for block, start in enumerate(starts, start=len(done)):
         rows = slice(start, start + block_rows)
         line = {"block": block, "ids": ids[rows], "decisions": {}}

@@ -68,3 +68,11 @@ def test_labels_overlap_neither_ranking_nor_healing():
 def test_the_check_sees_an_overlap():
     assert _overlap(range(0, 50), range(49, 60)) and not _overlap(range(0, 50), range(50, 60))
     assert _recipe_rows("x: y\n\tcmd --offset 7 --limit 3 --out z\n", "x") == range(7, 10)
+
+
+def test_the_savings_rows_overlap_no_other_range():
+    """make savings judges on XSum rows nothing else uses: not evaluated, calibrated, ranked, labelled or healed."""
+    savings = _recipe_rows(MAKEFILE.read_text(encoding="utf-8"), "savings")
+    assert savings == range(400, 800)
+    clashes = [name for name, rows in ranges().items() if _overlap(savings, rows)]
+    assert not clashes, f"make savings' rows {savings.start}-{savings.stop - 1} overlap {clashes}"

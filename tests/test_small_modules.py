@@ -79,7 +79,7 @@ def test_a_checkpoint_restores_weights_optimiser_and_generator(tmp_path):
     student(torch.randn(4, 3)).sum().backward()
     optimizer.step()
     settings = {"steps": 10, "lr": 0.1}
-    save_checkpoint(tmp_path, settings, student, optimizer, [1.5, 1.2], 3.0)
+    save_checkpoint(tmp_path, settings, student, optimizer, [1.5, 1.2], 3.0, [(0, 2.0), (2, 1.1)])
     after = torch.rand(3)  # what the generator gives next, from the saved state on
     weights = {n: p.detach().clone() for n, p in student.named_parameters()}
 
@@ -88,7 +88,7 @@ def test_a_checkpoint_restores_weights_optimiser_and_generator(tmp_path):
     torch.manual_seed(99)
     state = load_checkpoint(tmp_path, {**settings, "steps": 20})  # more steps than before: a longer resume
     restore(fresh, fresh_optimizer, state)
-    assert state["losses"] == [1.5, 1.2] and state["seconds"] == 3.0
+    assert state["losses"] == [1.5, 1.2] and state["seconds"] == 3.0 and state["curve"] == [[0, 2.0], [2, 1.1]]
     assert all(torch.equal(p, weights[n]) for n, p in fresh.named_parameters())
     assert fresh_optimizer.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
     assert torch.equal(torch.rand(3), after)
@@ -97,6 +97,11 @@ def test_a_checkpoint_restores_weights_optimiser_and_generator(tmp_path):
     with pytest.raises(BadInput, match="past step 1 already"):
         load_checkpoint(tmp_path, {"steps": 1, "lr": 0.1})
     assert load_checkpoint(tmp_path / "none", settings) is None
+    old = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del old["curve"]
+    torch.save(old, tmp_path / "checkpoint.pt")
+    with pytest.raises(BadInput, match="predates learning curves"):
+        load_checkpoint(tmp_path, settings)
     state = rng_state()
     first = torch.rand(2)
     set_rng_state(state)
