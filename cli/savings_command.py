@@ -18,7 +18,7 @@ from skiporacle.heal.export import EXPORT_METADATA
 from skiporacle.heal.variants import HEAL_METADATA, read_heal_metadata, refuse_heal_overlap, variant_allocation
 from skiporacle.oracle.inputs import load_inputs, load_named_model
 from skiporacle.oracle.savings import Decision, measure, merge_tables, savings_markdown, savings_rows
-from skiporacle.search.allocation import check_spec, full, parse_spec
+from skiporacle.search.allocation import Allocation, check_spec, full, parse_spec
 
 ROW_LABELS = ("unseen-rows", "unseen-task")
 SETTINGS = "settings.json"
@@ -47,12 +47,17 @@ def savings(args: argparse.Namespace) -> int:
     models = {None: model}
     for spec in args.decision:
         if Path(spec).is_dir():
-            decision = _folder_decision(Path(spec), settings.model, n, evaluated)
+            folder = Path(spec)
+            layers = _folder_layers(folder, settings.model, n, evaluated)
+            decision = Decision(f"{folder.name} ({len(layers)} layers)", full(len(layers)), str(folder.resolve()),
+                                len(layers))
             models[decision.folder] = load_named_model(decision.folder, settings.dtype, placement_of(args).device)[0]
+            # The training-free twin: the same layers in the base model, with its weights.
+            twins = [Decision(f"base:{folder.name}", Allocation(layers, n, ",".join(map(str, layers))), None,
+                              len(layers))] if args.twins else []
         else:
             allocation = parse_spec(spec, n)
-            decision = Decision(allocation.spec, allocation, None, allocation.cost)
-        twins = [_twin(Path(spec), n)] if args.twins and Path(spec).is_dir() else []
+            decision, twins = Decision(allocation.spec, allocation, None, allocation.cost), []
         for d in [decision] + twins:
             if d.name in {d.name for d in decisions}:
                 raise BadInput(f"--decision {spec!r} names a decision twice")
@@ -66,35 +71,26 @@ def savings(args: argparse.Namespace) -> int:
     rows = savings_rows(blocks, decisions, n, settings.task, args.rows)
     write_json_atomic(out / "savings.json", {"model": settings.model, "task": settings.task, "rows": args.rows,
                                              "metric": settings.metric, "offset": settings.offset, "table": rows})
-    (out / "savings.md").write_text(savings_markdown(rows, settings.metric), encoding="utf-8")
-    print(savings_markdown(rows, settings.metric), end="")
+    table = savings_markdown(rows, settings.metric)
+    (out / "savings.md").write_text(table, encoding="utf-8")
+    print(table, end="")
     print(f"skiporacle: {out / 'savings.json'}, {out / 'savings.md'}")
     return 0
 
 
-def _folder_decision(folder: Path, base_model: str, n: int, evaluated: tuple[set, set]) -> Decision:
-    """A healed variant or an exported folder as a decision run by its own model; a variant whose heal rows
-    overlap the evaluated rows (by id or content) is refused."""
+def _folder_layers(folder: Path, base_model: str, n: int, evaluated: tuple[set, set]) -> tuple[int, ...]:
+    """The base model's layers that a healed variant or an exported folder keeps; a variant of another model, or
+    one whose heal rows overlap the evaluated rows (by id or content), is refused."""
     if (folder / HEAL_METADATA).is_file():
         allocation = variant_allocation(folder, n, base_model, on_base=False)
         refuse_heal_overlap(folder, read_heal_metadata(folder)["data"], *evaluated)
-    elif (folder / EXPORT_METADATA).is_file():
+        return allocation.layers
+    if (folder / EXPORT_METADATA).is_file():
         meta = json.loads((folder / EXPORT_METADATA).read_text(encoding="utf-8"))
         if meta["base_model"] != base_model or meta["num_layers"] != n:
             raise BadInput(f"{str(folder)!r} was exported from {meta['base_model']}, not {base_model}")
-        allocation = parse_spec(",".join(map(str, meta["layers"])), n)
-    else:
-        raise BadInput(f"--decision {str(folder)!r}: a folder without {HEAL_METADATA} or {EXPORT_METADATA}")
-    kept = len(allocation.layers)
-    return Decision(f"{folder.name} ({kept} layers)", full(kept), str(folder.resolve()), kept)
-
-
-def _twin(folder: Path, n: int) -> Decision:
-    """The training-free twin of a healed or exported folder: its layers in the base model, base weights."""
-    meta = read_heal_metadata(folder) if (folder / HEAL_METADATA).is_file() else json.loads(
-        (folder / EXPORT_METADATA).read_text(encoding="utf-8"))
-    allocation = parse_spec(",".join(map(str, meta["layers"])), n)
-    return Decision(f"base:{folder.name}", allocation, None, allocation.cost)
+        return parse_spec(",".join(map(str, meta["layers"])), n).layers
+    raise BadInput(f"--decision {str(folder)!r}: a folder without {HEAL_METADATA} or {EXPORT_METADATA}")
 
 
 def savings_table(args: argparse.Namespace) -> int:
@@ -102,9 +98,9 @@ def savings_table(args: argparse.Namespace) -> int:
     rows = merge_tables([Path(p) for p in args.tables])
     out = Path(args.out)
     write_json_atomic(out, rows)
-    metric = "quality"
-    out.with_suffix(".md").write_text(savings_markdown(rows, metric), encoding="utf-8")
-    print(savings_markdown(rows, metric), end="")
+    table = savings_markdown(rows, "quality")  # the tables' metrics may differ from task to task
+    out.with_suffix(".md").write_text(table, encoding="utf-8")
+    print(table, end="")
     return 0
 
 

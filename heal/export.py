@@ -23,7 +23,7 @@ from skiporacle.data.errors import BadInput
 from skiporacle.data.files import package_versions
 from skiporacle.eval.model import num_layers, resolve_model
 from skiporacle.heal.student import build_student
-from skiporacle.heal.variants import read_heal_metadata, variant_allocation
+from skiporacle.heal.variants import variant_allocation
 from skiporacle.search.allocation import Allocation
 
 EXPORT_METADATA = "export.json"  # beside the weights of an exported folder: its base model, layers and source
@@ -54,7 +54,6 @@ def export_allocation(base: PreTrainedModel, base_name: str, allocation: Allocat
 
 def export_variant(folder: Path, base_name: str, base_layers: int, out: Path) -> dict:
     """Copy the healed variant in `folder` (BadInput if it is not one, or not of `base_name`) to `out`."""
-    read_heal_metadata(folder)  # one line if `folder` is not a variant
     allocation = variant_allocation(folder, base_layers, base_name, on_base=False)
     meta = _metadata(base_name, base_layers, allocation, source=f"healed variant {Path(folder).resolve()}")
 

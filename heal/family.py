@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from skiporacle.data.errors import BadInput  # noqa: E402
-from skiporacle.heal.variants import HEAL_METADATA, read_heal_metadata  # noqa: E402
+from skiporacle.heal.variants import HEAL_METADATA, finished_variants, read_heal_metadata  # noqa: E402
 
 FAMILY_TABLE = "family.json"
 FAMILY_PLOT = "family.png"
@@ -25,8 +25,7 @@ def family_rows(folder: Path) -> list[dict]:
     Keys: variant, spec, layers (kept), num_layers, trained ("all kept layers", "last K" with "+ norm"), steps,
     stopped ("plateau" or "max-steps"), train_seconds, kl_initial and kl_final (nats per token on the held-out
     windows), curve ([step, kl] pairs)."""
-    variants = sorted(p for p in Path(folder).iterdir() if not p.name.startswith(".") and (p / HEAL_METADATA).is_file()) \
-        if Path(folder).is_dir() else []
+    variants = finished_variants(folder)
     if not variants:
         raise BadInput(f"no healed variant (a folder with {HEAL_METADATA}) in {str(folder)!r}: run make heal first")
     rows = []
@@ -54,12 +53,12 @@ def write_family(folder: Path) -> list[dict]:
     curves.set(xlabel="training step", ylabel="held-out KL (nats/token)", yscale="log",
                title="learning curves (held-out windows)")
     curves.legend(fontsize=7)
+    own = [r for r in rows if r["trained"] == "all kept layers"]
     for key, label, style in (("kl_initial", "training-free (same layers, base weights)", "o--"),
                               ("kl_final", "healed", "o-")):
-        own = [r for r in rows if r["trained"] == "all kept layers"]
         if own:
             frontier.plot([r["layers"] for r in own], [r[key] for r in own], style, label=label)
-    for row in (r for r in rows if r["trained"] != "all kept layers"):
+    for row in (r for r in rows if r not in own):
         frontier.plot([row["layers"]], [row["kl_final"]], "s", label=f"{row['variant']} ({row['trained']})")
     frontier.set(xlabel="kept layers", ylabel="held-out KL (nats/token)", yscale="log",
                  title="KL against layers kept")

@@ -69,6 +69,15 @@ def _hash_files(root: str, stats: tuple) -> str:
     return files_hash(Path(root) / name for name, *_ in stats)
 
 
+def finished_variants(folder: str | Path) -> list[Path]:
+    """The variant folders in `folder` (those holding heal.json), sorted; hidden folders are variants still being
+    written (see heal/student.py), and a path that is not a folder holds none."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / HEAL_METADATA).is_file())
+
+
 def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated_ids: set[str],
                  evaluated_hashes: Collection[str] = frozenset()) -> list[Allocation]:
     """Every healed variant in `folder`, each followed by its training-free twin (same layers, base weights).
@@ -83,8 +92,7 @@ def healed_space(folder: str | Path, num_layers: int, base_model: str, evaluated
     root = Path(folder)
     if not root.is_dir():
         raise BadInput(f"healed space: {str(root)!r} is not a folder (make one with `skiporacle heal`)")
-    # Hidden folders are variants still being written (see heal/student.py).
-    variants = sorted(p for p in root.iterdir() if not p.name.startswith(".") and (p / HEAL_METADATA).is_file())
+    variants = finished_variants(root)
     if not variants:
         raise BadInput(f"healed space: no healed variant (a folder with {HEAL_METADATA}) in {str(root)!r}")
     out = []
