@@ -25,7 +25,7 @@ def heal(args: argparse.Namespace) -> int:
                              ("--examples", args.examples, 1), ("--holdout", args.holdout, 1), ("--lora", args.lora, 0),
                              ("--calibration", args.calibration, 1), ("--checkpoint-every", args.checkpoint_every, 1),
                              ("--eval-every", args.eval_every, 1), ("--patience", args.patience, 0),
-                             ("--train-last", args.train_last, 0)):
+                             ("--train-last", args.train_last, 0), ("--answer-tokens", args.answer_tokens, 1)):
         if value < low:
             raise BadInput(f"{name} must be at least {low}, got {value}")
     if not 0 <= args.min_gain < 1:
@@ -75,7 +75,7 @@ def heal(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seq_len=args.seq_len, bf16=args.bf16, lora_rank=args.lora, seed=args.seed,
         sources=sources, examples=args.examples, holdout=args.holdout, checkpoint_every=args.checkpoint_every,
         eval_every=args.eval_every, patience=args.patience, min_gain=args.min_gain, train_last=args.train_last,
-        train_norm=args.train_norm,
+        train_norm=args.train_norm, answers=args.answers, answer_tokens=args.answer_tokens,
     )
     meta = run_heal(settings, model, tokenizer, out, resume=args.resume, calibration_ids=calibration)
     print(f"skiporacle: healed {allocation.spec} ({allocation.cost}/{n} layers: {','.join(map(str, allocation.layers))}) "

@@ -11,7 +11,8 @@ from skiporacle.cli.arguments import Parser, add_data_args, add_decoding_args, a
 from skiporacle.cli.controller_parsers import add_controller_parsers
 from skiporacle.cli.export_command import add_export_parser
 from skiporacle.cli.savings_command import add_savings_parsers
-from skiporacle.heal.heal_settings import DEFAULTS as HEAL
+from skiporacle.oracle.guard import PLAUSIBILITY_MARGIN
+from skiporacle.heal.heal_settings import ANSWER_KINDS, DEFAULTS as HEAL
 from skiporacle.oracle.candidate_list import spaces_help
 from skiporacle.oracle.oracle_settings import DEFAULTS
 from skiporacle.oracle.bootstrap import RESAMPLES
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     hea.add_argument("--train-norm", action="store_true",
                      help=("train the final norm too (with --layers exit:L --train-last K: the 'reassessing layer "
                            "pruning' baseline); such a variant runs as --model FOLDER or exported, not in --space healed"))
+    hea.add_argument("--answers", choices=ANSWER_KINDS, default=HEAL.answers,
+                     help=("what each window's answer is: the task's first reference, or the full model's own greedy "
+                           "answer (generated once, resumable; sequence-level distillation) (default: %(default)s)"))
+    hea.add_argument("--answer-tokens", type=int, default=HEAL.answer_tokens,
+                     help=f"with --answers teacher, the most tokens of each answer (default: {HEAL.answer_tokens})")
 
     fam = sub.add_parser("heal-family", help="the healed variants of a folder side by side (family.json, family.png)",
                          description=("Read every healed variant's heal.json in --folder and write FOLDER/family.json "
@@ -163,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "prompt given; writes RUN/plausibility.json and adds the guarded oracle to summary.json. "
                                       "A candidate whose NLL exceeds the full output's by more than --margin cannot match."))
     pla.add_argument("--run", required=True, help="run folder")
-    pla.add_argument("--margin", type=float, default=2.0, help="plausibility margin in nats/token (default: 2.0)")
+    pla.add_argument("--margin", type=float, default=PLAUSIBILITY_MARGIN,
+                     help=f"plausibility margin in nats/token (default: {PLAUSIBILITY_MARGIN})")
     add_device(pla)
 
     ppl = sub.add_parser("perplexity", help="perplexity of the references under each candidate of a run",

@@ -12,7 +12,8 @@ end.  A run stops at `steps`, or earlier on a plateau of that curve (`plateaued`
 
 Layout while training `models/NAME`: `models/NAME.partial/checkpoint.pt`
 (written every `checkpoint_every` steps, atomically).  When done, the variant
-is renamed into `models/NAME` and the partial folder removed.
+is renamed into `models/NAME` and the partial folder removed.  With teacher answers (`answers.py`) the
+full model's answers are kept in `models/teacher-answers-HASH/`, shared by every variant of the family.
 
 Shapes: B = batch size, L = window length (tokens), V = vocabulary.
 """
@@ -36,7 +37,8 @@ from skiporacle.data.files import package_versions
 from skiporacle.heal.checkpoint import load_checkpoint, restore, save_checkpoint
 from skiporacle.heal.student import build_student, save_variant
 from skiporacle.heal.heal_settings import HealSettings
-from skiporacle.heal.texts import HealText, heal_examples, heal_texts, pad_batch, split_holdout
+from skiporacle.heal.answers import answers_folder, teacher_answers
+from skiporacle.heal.texts import HealText, example_id, heal_examples, heal_texts, pad_batch, split_holdout
 
 
 def kl_per_token(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,16 +113,23 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
     be training rows (BadInput otherwise), so that held-out KL is measured on
     rows that chose nothing.  `teacher` is put in eval mode.
     """
-    texts = heal_texts(heal_examples(settings.sources, settings.examples), tokenizer, settings.seq_len)
-    if len(texts) < settings.holdout + settings.batch_size:
-        raise BadInput(f"heal: {len(texts)} windows is too few for {settings.holdout} held out and batches of {settings.batch_size}")
-    holdout, train = split_holdout(texts, settings.holdout)
-    strangers = sorted(set(calibration_ids) - {t.id for t in train})
+    examples = heal_examples(settings.sources, settings.examples)
+    if len(examples) < settings.holdout + settings.batch_size:
+        raise BadInput(f"heal: {len(examples)} windows is too few for {settings.holdout} held out and batches of {settings.batch_size}")
+    strangers = sorted(set(calibration_ids) - {example_id(*e) for e in split_holdout(examples, settings.holdout)[1]})
     if strangers:
         raise BadInput(f"heal: calibration row {strangers[0]} is not a training row")
     partial = out.with_name(out.name + ".partial")
     _check_out(out, partial, resume)
+    state = load_checkpoint(partial, asdict(settings)) if resume else None  # refuses other settings before any work
     teacher.eval()
+    answers = None
+    if settings.answers == "teacher":
+        folder = answers_folder(out.parent, settings.model, settings.answer_tokens)
+        folder.mkdir(exist_ok=True)
+        answers = teacher_answers(teacher, tokenizer, examples, settings.answer_tokens, folder, progress)
+    texts = heal_texts(examples, tokenizer, settings.seq_len, answers)
+    holdout, train = split_holdout(texts, settings.holdout)
     torch.manual_seed(settings.seed)
     student = build_student(teacher, settings.layers, settings.lora_rank, settings.train_last, settings.train_norm)
     student.train()
@@ -133,7 +142,6 @@ def heal(settings: HealSettings, teacher: PreTrainedModel, tokenizer, out: Path,
 
     losses: list[float] = []
     seconds = 0.0
-    state = load_checkpoint(partial, asdict(settings)) if resume else None
     if state is not None:
         restore(student, optimizer, state)
         losses, seconds, curve = state["losses"], state["seconds"], [tuple(c) for c in state["curve"]]

@@ -37,6 +37,11 @@ class HealSettings:
     # when `train_norm` (the "reassessing layer pruning" baseline: drop the last layers, heal next to the cut).
     train_last: int = 0
     train_norm: bool = False
+    # What each window's answer is: "reference" (the task's first reference, EOS appended) or "teacher" (the full
+    # model's greedy answer of at most `answer_tokens` tokens: the positions a variant generates; `answers.py`).
+    answers: str = "reference"
+    answer_tokens: int = 64
 
 
+ANSWER_KINDS = ("reference", "teacher")
 DEFAULTS = HealSettings(model="smollm2-135m", layers=(), spec="", steps=0)  # the optional fields' defaults

@@ -3,7 +3,7 @@
 The default source is the *last* rows of each named task (evaluation runs take
 the first rows, and the oracle refuses a healed candidate whose training ids
 overlap the evaluated ones).  Each text is the chat prompt followed by the
-reference answer and EOS, cut to its last `seq_len` tokens so every window ends
+reference answer and EOS (or the full model's own answer: `answers`), cut to its last `seq_len` tokens so every window ends
 with the answer, where a healed variant will be generating.
 
 The first `holdout` rows (in `heal_examples` order) are held out to measure KL;
@@ -15,7 +15,7 @@ evaluated rows with the same text under another id.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Mapping, Sequence, TypeVar
 
 import torch
 
@@ -59,16 +59,22 @@ def example_id(task: Task, example: Example) -> str:
     return f"{task.name}:{example.id}"
 
 
-def heal_texts(examples: Sequence[tuple[Task, Example]], tokenizer, seq_len: int) -> list[HealText]:
-    """One window per example: the last `seq_len` tokens of prompt + first reference + EOS."""
+def heal_texts(examples: Sequence[tuple[Task, Example]], tokenizer, seq_len: int,
+               answers: Mapping[str, tuple[int, ...]] | None = None) -> list[HealText]:
+    """One window per example: the last `seq_len` tokens of prompt + first reference + EOS, or, with
+    `answers` ("task:id" -> token ids, `answers.teacher_answers`), of prompt + the full model's answer."""
     if seq_len < 2:
         raise BadInput(f"heal texts: windows need at least 2 tokens, got {seq_len}")
     out = []
     for task, example in examples:
         prompt, _ = fit_prompt(task, example, tokenizer, 10**6)
         ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        ids += tokenizer(example.references[0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        out.append(HealText(example_id(task, example), tuple(ids[-seq_len:]), content_hash(example.source)))
+        name = example_id(task, example)
+        if answers is None:
+            ids += tokenizer(example.references[0], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        else:
+            ids += list(answers[name])
+        out.append(HealText(name, tuple(ids[-seq_len:]), content_hash(example.source)))
     return out
 
 

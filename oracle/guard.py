@@ -35,6 +35,15 @@ def _nll(value, where: str) -> float | None:
     return float(value)
 
 
+PLAUSIBILITY_MARGIN = 2.0  # nats/token: the default margin of `skiporacle plausibility` and of the savings table
+
+
+def is_plausible(nll: float | None, full_nll: float | None, identical: bool, margin: float) -> bool:
+    """The guard's rule for one output: identical to the full model's, or its NLL at most the full output's + margin
+    (an NLL of None, an output with no mean, is implausible unless identical)."""
+    return identical or (nll is not None and full_nll is not None and nll <= full_nll + margin)
+
+
 def plausible_mask(records: list[SequenceRecord], plausibility: dict, margin: float) -> np.ndarray:
     """Plausible [N, K] (bool), columns as `RunTable`'s, the full model (last) always True.
 
@@ -56,7 +65,7 @@ def plausible_mask(records: list[SequenceRecord], plausibility: dict, margin: fl
             if c.spec not in entry["candidates"]:
                 raise BadInput(f"{PLAUSIBILITY}: sequence {record.id!r} has no NLL for {c.spec!r}")
             nll = _nll(entry["candidates"][c.spec], f"the NLL of {c.spec!r} for {record.id!r}")
-            mask[i, k] = c.identical or (nll is not None and full is not None and nll <= full + margin)
+            mask[i, k] = is_plausible(nll, full, c.identical, margin)
     return mask
 
 

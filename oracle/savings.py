@@ -10,12 +10,15 @@ an export), run through its own layers, the prompt included: the deployable prot
 Figures: quality is the mean per-sequence score (0-100) and `quality_diff` its paired difference from the full
 model over the same sequences; `speedup` is the full model's seconds over the decision's, its interval from
 resampling blocks (the unit that is timed).  Intervals are 95 % bootstrap percentile intervals.  A decision is
-*non-inferior* when the low end of its paired quality interval lies above -`margin` points.
+*non-inferior* when the low end of its paired quality interval lies above -`margin` points.  `guard_rejects`
+is the share of sequences the plausibility guard (`oracle/guard.py`, margin 2 nats/token) would reject: each
+output's NLL under the base model is measured after the block is timed, outside the timing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,9 @@ from skiporacle.data.files import append_lines, read_appended
 from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.generate import generate
 from skiporacle.eval.metrics import sequence_scores
+from skiporacle.eval.plausibility import output_nll
 from skiporacle.oracle.bootstrap import bootstrap_rows, interval, paired_means, resample_rows
+from skiporacle.oracle.guard import PLAUSIBILITY_MARGIN, is_plausible
 from skiporacle.search.allocation import Allocation
 
 BLOCKS = "blocks.jsonl"
@@ -48,7 +53,7 @@ class Decision:
 def measure(decisions: list[Decision], models: dict, tokenizer, ids: list[str], prompts: list[str],
             references: list[list[str]], metric: str, protocol: DecodeProtocol, max_batch: int, block_rows: int,
             out: Path, progress=None) -> list[dict]:
-    """Every block's line {block, ids, decisions: {name: {seconds, scores, tokens, outputs}}}, generating the
+    """Every block's line {block, ids, decisions: {name: {seconds, scores, tokens, outputs, nll}}}, generating the
     blocks `out/blocks.jsonl` does not hold yet.  `models` maps a decision's folder (None: the base) to its model."""
     path = out / BLOCKS
     done = read_appended(path, repair=True)
@@ -71,10 +76,32 @@ def measure(decisions: list[Decision], models: dict, tokenizer, ids: list[str], 
             line["decisions"][decision.name] = {
                 "seconds": seconds, "tokens": [len(g.tokens) for g in outputs], "outputs": [g.text for g in outputs],
                 "scores": sequence_scores(metric, [g.text for g in outputs], references[rows])}
+        _add_nll(line, decisions, models[None], tokenizer, prompts[rows])
         append_lines(path, [line])
         if progress is not None:
             progress(block + 1, len(range(0, len(ids), block_rows)))
     return read_appended(path)
+
+
+def _add_nll(line: dict, decisions: list[Decision], base, tokenizer, prompts: list[str]) -> None:
+    """Each decision's per-sequence NLL (nats/token, None for an empty output) under the base model, untimed: what
+    the plausibility guard judges."""
+    texts = [[line["decisions"][d.name]["outputs"][j] for d in decisions] for j in range(len(prompts))]
+    nll = output_nll(base, tokenizer, prompts, texts)
+    for k, d in enumerate(decisions):
+        line["decisions"][d.name]["nll"] = [row[k] if math.isfinite(row[k]) else None for row in nll]
+
+
+def guard_rejects(blocks: list[dict], name: str, full: str, margin: float = PLAUSIBILITY_MARGIN) -> float | None:
+    """The share of sequences whose output under decision `name` the plausibility guard rejects (`guard.is_plausible`
+    against the full model's output); None for blocks measured before NLLs were recorded."""
+    if any("nll" not in b["decisions"][name] for b in blocks):
+        return None
+    verdicts = [is_plausible(nll, full_nll, out == full_out, margin)
+                for b in blocks
+                for nll, full_nll, out, full_out in zip(b["decisions"][name]["nll"], b["decisions"][full]["nll"],
+                                                        b["decisions"][name]["outputs"], b["decisions"][full]["outputs"])]
+    return 1 - float(np.mean(verdicts)) if verdicts else None
 
 
 def savings_rows(blocks: list[dict], decisions: list[Decision], num_layers: int, task: str, rows_label: str,
@@ -99,6 +126,7 @@ def savings_rows(blocks: list[dict], decisions: list[Decision], num_layers: int,
             "quality_diff": {"mean": diff["estimate"], **_span(diff["ci95"])},
             "speedup": float(seconds[full].sum() / seconds[d.name].sum()), "speedup_ci95": interval(ratio),
             "seconds": float(seconds[d.name].sum()), "tokens": tokens[d.name],
+            "guard_rejects": guard_rejects(blocks, d.name, full),
             "non_inferior": bool(d.name == full or low > -NON_INFERIORITY_MARGIN),
         })
     return out
@@ -111,13 +139,18 @@ def _span(ci: list[float] | None) -> dict:
 def savings_markdown(rows: list[dict], metric: str) -> str:
     """The table as markdown: one line per decision."""
     lines = [f"| rows | task | decision | N | % of layers | {metric} [95 % CI] | − full (paired) [95 % CI] | "
-             "speed-up vs full [95 % CI] | non-inferior (−1 pt) |", "|---|---|---|---|---|---|---|---|---|"]
+             "speed-up vs full [95 % CI] | guard rejects | non-inferior (−1 pt) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         q, d, s = r["quality"], r["quality_diff"], r["speedup_ci95"] or [r["speedup"], r["speedup"]]
         lines.append(f"| {r['rows']} | {r['task']} | {r['decision']} | {r['n']} | {100 * r['layers_fraction']:.1f} | "
                      f"{q['mean']:.2f} [{q['low']:.2f}, {q['high']:.2f}] | {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] | "
-                     f"{r['speedup']:.2f}× [{s[0]:.2f}, {s[1]:.2f}] | {'yes' if r['non_inferior'] else 'no'} |")
+                     f"{r['speedup']:.2f}× [{s[0]:.2f}, {s[1]:.2f}] | {_share(r.get('guard_rejects'))} | "
+                     f"{'yes' if r['non_inferior'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def merge_tables(paths: list[Path]) -> list[dict]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from skiporacle.cli.main import main
@@ -44,6 +45,7 @@ def test_savings_scores_and_times_each_decision_and_resumes_by_block(tiny_llm_di
     # The export is the spec read under its own layers: the same outputs, so the same paired difference.
     assert rows[SPEC]["quality_diff"] == rows["exported (4 layers)"]["quality_diff"]
     assert rows[SPEC]["layers_fraction"] == pytest.approx(4 / 6)
+    assert rows["full"]["guard_rejects"] == 0.0 and 0 <= rows[SPEC]["guard_rejects"] <= 1
     blocks = _lines(out / BLOCKS)
     assert [len(b["ids"]) for b in blocks] == [3, 3, 2] and len({i for b in blocks for i in b["ids"]}) == 8
     assert blocks[0]["decisions"][SPEC]["outputs"] == blocks[0]["decisions"]["exported (4 layers)"]["outputs"]
@@ -104,3 +106,43 @@ def test_a_healed_variant_trained_on_the_evaluated_rows_is_refused(tiny_llm_dir,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "was trained on 2 evaluated sequence(s)" in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_twins_add_the_variant_s_layers_in_the_base_model_beside_it(tiny_llm_dir, oracle_data, tmp_path, single_thread):
+    from skiporacle.eval.model import load_model
+    from skiporacle.heal.distil import HealSettings, heal
+
+    model, tokenizer = load_model(str(tiny_llm_dir))
+    variant = tmp_path / "heal-4"
+    heal(HealSettings(model=str(tiny_llm_dir), layers=(0, 2, 3, 5), spec=SPEC, steps=2, learning_rate=3e-2,
+                      batch_size=2, seq_len=16, sources=("samsum",), examples=4, holdout=2), model, tokenizer, variant,
+         progress=False)
+    out = tmp_path / "run"
+    assert main(_args(tiny_llm_dir, oracle_data, out, SPEC, str(variant)) + ["--twins"]) == 0
+    rows = {r["decision"]: r for r in json.loads((out / "savings.json").read_text())["table"]}
+    assert list(rows) == ["full", SPEC, "heal-4 (4 layers)", "base:heal-4"]
+    assert rows["base:heal-4"]["layers"] == rows["heal-4 (4 layers)"]["layers"] == 4
+    # The twin is the same layers with the base model's weights: the spec's outputs exactly, not the variant's.
+    for block in _lines(out / BLOCKS):
+        assert block["decisions"]["base:heal-4"]["outputs"] == block["decisions"][SPEC]["outputs"]
+    assert rows["base:heal-4"]["quality_diff"] == rows[SPEC]["quality_diff"]
+    healed_outputs = [o for b in _lines(out / BLOCKS) for o in b["decisions"]["heal-4 (4 layers)"]["outputs"]]
+    spec_outputs = [o for b in _lines(out / BLOCKS) for o in b["decisions"][SPEC]["outputs"]]
+    assert sum(a != b for a, b in zip(healed_outputs, spec_outputs)) >= 4, (healed_outputs, spec_outputs)
+    healed, _ = load_model(str(variant))
+    assert not all(torch.equal(a, b) for a, b in zip(healed.model.layers.parameters(),
+                                                     torch.nn.ModuleList(model.model.layers[i] for i in (0, 2, 3, 5)).parameters()))
+
+
+def test_the_guard_column_rejects_what_the_full_model_finds_implausible():
+    from skiporacle.oracle.savings import guard_rejects
+
+    def block(full_nll, nll, outputs):
+        return {"decisions": {"full": {"nll": full_nll, "outputs": ["a", "b", "c", "d"]},
+                              "cut": {"nll": nll, "outputs": outputs}}}
+    # Row 0 within the margin, row 1 over it, row 2 empty (no NLL) but not identical, row 3 identical with no NLL.
+    blocks = [block([1.0, 1.0, 1.0, None], [2.9, 3.1, None, None], ["x", "y", "", "d"])]
+    assert guard_rejects(blocks, "cut", "full") == pytest.approx(0.5)
+    assert guard_rejects(blocks, "cut", "full", margin=2.2) == pytest.approx(0.25)
+    assert guard_rejects(blocks, "full", "full") == 0.0
+    assert guard_rejects([{"decisions": {"full": {}, "cut": {}}}], "cut", "full") is None  # measured before NLLs
