@@ -48,7 +48,7 @@ def savings(args: argparse.Namespace) -> int:
     for spec in args.decision:
         if Path(spec).is_dir():
             folder = Path(spec)
-            layers = _folder_layers(folder, settings.model, n, evaluated)
+            layers = _folder_layers(folder, settings.model, n, evaluated, settings.task if args.rows == "unseen-task" else None)
             decision = Decision(f"{folder.name} ({len(layers)} layers)", full(len(layers)), str(folder.resolve()),
                                 len(layers))
             models[decision.folder] = load_named_model(decision.folder, settings.dtype, placement_of(args).device)[0]
@@ -78,12 +78,17 @@ def savings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _folder_layers(folder: Path, base_model: str, n: int, evaluated: tuple[set, set]) -> tuple[int, ...]:
-    """The base model's layers that a healed variant or an exported folder keeps; a variant of another model, or
-    one whose heal rows overlap the evaluated rows (by id or content), is refused."""
+def _folder_layers(folder: Path, base_model: str, n: int, evaluated: tuple[set, set],
+                   unseen_task: str | None) -> tuple[int, ...]:
+    """The base model's layers that a healed variant or an exported folder keeps; a variant of another model, one
+    whose heal rows overlap the evaluated rows (by id or content), or one healed on `unseen_task`, is refused."""
     if (folder / HEAL_METADATA).is_file():
         allocation = variant_allocation(folder, n, base_model, on_base=False)
-        refuse_heal_overlap(folder, read_heal_metadata(folder)["data"], *evaluated)
+        data = read_heal_metadata(folder)["data"]
+        refuse_heal_overlap(folder, data, *evaluated)
+        if unseen_task in data["sources"]:
+            raise BadInput(f"--rows unseen-task: {str(folder)!r} was healed on {unseen_task}, so {unseen_task} is "
+                           f"not an unseen task for it; use --rows unseen-rows")
         return allocation.layers
     if (folder / EXPORT_METADATA).is_file():
         meta = json.loads((folder / EXPORT_METADATA).read_text(encoding="utf-8"))

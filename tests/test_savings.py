@@ -92,7 +92,7 @@ def test_tables_merge_only_within_one_model_and_once_per_task_and_rows(tmp_path)
         merge_tables([a, table("d", "m", "xsum", "unseen-rows")])
 
 
-def test_a_healed_variant_trained_on_the_evaluated_rows_is_refused(tiny_llm_dir, tmp_path):
+def test_a_healed_variant_trained_on_the_evaluated_rows_or_task_is_refused(tiny_llm_dir, tmp_path, capsys):
     from skiporacle.eval.model import load_model
     from skiporacle.heal.distil import HealSettings, heal
 
@@ -106,6 +106,11 @@ def test_a_healed_variant_trained_on_the_evaluated_rows_is_refused(tiny_llm_dir,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "was trained on 2 evaluated sequence(s)" in done.stderr and not (tmp_path / "run").exists()
+    # Rows nothing was healed on, but of a task the variant was healed on: not an unseen task.
+    assert main(["savings", "--model", str(tiny_llm_dir), "--task", "xsum", "--limit", "2", "--rows", "unseen-task",
+                 "--decision", str(variant), "--out", str(tmp_path / "run2")]) == 2
+    assert "was healed on xsum, so xsum is not an unseen task" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
 
 
 def test_twins_add_the_variant_s_layers_in_the_base_model_beside_it(tiny_llm_dir, oracle_data, tmp_path, single_thread):
