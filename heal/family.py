@@ -24,7 +24,8 @@ def family_rows(folder: Path) -> list[dict]:
 
     Keys: variant, spec, layers (kept), num_layers, trained ("all kept layers", "last K" with "+ norm"), steps,
     stopped ("plateau" or "max-steps"), train_seconds, kl_initial and kl_final (nats per token on the held-out
-    windows), curve ([step, kl] pairs)."""
+    windows), curve ([step, kl] pairs), answers ("reference" or "teacher": what the windows end with, so KLs of the
+    two kinds are measured on different windows)."""
     variants = finished_variants(folder)
     if not variants:
         raise BadInput(f"no healed variant (a folder with {HEAL_METADATA}) in {str(folder)!r}: run make heal first")
@@ -38,7 +39,8 @@ def family_rows(folder: Path) -> list[dict]:
                      "num_layers": meta["num_layers"], "trained": trained + (" + norm" if settings.get("train_norm") else ""),
                      "steps": len(meta["losses"]), "stopped": meta.get("stopped", "max-steps"),
                      "train_seconds": round(meta["train_seconds"], 1), "kl_initial": meta["kl"]["initial"],
-                     "kl_final": meta["kl"]["final"], "curve": curve})
+                     "kl_final": meta["kl"]["final"], "curve": curve,
+                     "answers": settings.get("answers", "reference")})
     return sorted(rows, key=lambda r: (-r["layers"], r["variant"]))
 
 
@@ -53,13 +55,14 @@ def write_family(folder: Path) -> list[dict]:
     curves.set(xlabel="training step", ylabel="held-out KL (nats/token)", yscale="log",
                title="learning curves (held-out windows)")
     curves.legend(fontsize=7)
-    own = [r for r in rows if r["trained"] == "all kept layers"]
+    own = [r for r in rows if r["trained"] == "all kept layers" and r["answers"] == "reference"]
     for key, label, style in (("kl_initial", "training-free (same layers, base weights)", "o--"),
                               ("kl_final", "healed", "o-")):
         if own:
             frontier.plot([r["layers"] for r in own], [r[key] for r in own], style, label=label)
     for row in (r for r in rows if r not in own):
-        frontier.plot([row["layers"]], [row["kl_final"]], "s", label=f"{row['variant']} ({row['trained']})")
+        frontier.plot([row["layers"]], [row["kl_final"]], "s",
+                      label=f"{row['variant']} ({row['trained']}, {row['answers']} answers)")
     frontier.set(xlabel="kept layers", ylabel="held-out KL (nats/token)", yscale="log",
                  title="KL against layers kept")
     frontier.legend(fontsize=7)
@@ -71,8 +74,8 @@ def write_family(folder: Path) -> list[dict]:
 
 def family_lines(rows: list[dict]) -> list[str]:
     """A plain-text table of the rows, for the terminal and the docs."""
-    out = ["| variant | layers | trained | steps | stopped | seconds | held-out KL before | after |",
-           "|---|---|---|---|---|---|---|---|"]
-    out += [f"| {r['variant']} | {r['layers']}/{r['num_layers']} | {r['trained']} | {r['steps']} | {r['stopped']} | "
+    out = ["| variant | layers | trained | answers | steps | stopped | seconds | held-out KL before | after |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {r['variant']} | {r['layers']}/{r['num_layers']} | {r['trained']} | {r['answers']} | {r['steps']} | {r['stopped']} | "
             f"{r['train_seconds']:.0f} | {r['kl_initial']:.3f} | {r['kl_final']:.3f} |" for r in rows]
     return out

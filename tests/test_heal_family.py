@@ -88,11 +88,14 @@ def test_heal_family_writes_a_row_and_a_curve_per_variant(tiny, tiny_llm_dir, tm
     heal(_settings(tiny_llm_dir, steps=4, patience=0), model, tokenizer, tmp_path / "heal-4", progress=False)
     heal(_settings(tiny_llm_dir, steps=2, patience=0, layers=(0, 1, 2), spec="exit:3", train_last=1, train_norm=True),
          model, tokenizer, tmp_path / "last-3", progress=False)
+    heal(_settings(tiny_llm_dir, steps=2, patience=0, answers="teacher", answer_tokens=4), model, tokenizer,
+         tmp_path / "heal-4t", progress=False)  # its answers folder beside the variants is no variant
     (tmp_path / ".heal-2.tmp1").mkdir()  # unfinished: left out
     assert main(["heal-family", "--folder", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "family.json").read_text())
-    assert [(r["variant"], r["layers"], r["trained"], r["steps"]) for r in rows] == [
-        ("heal-4", 4, "all kept layers", 4), ("last-3", 3, "last 1 + norm", 2)]
+    assert [(r["variant"], r["layers"], r["trained"], r["answers"], r["steps"]) for r in rows] == [
+        ("heal-4", 4, "all kept layers", "reference", 4), ("heal-4t", 4, "all kept layers", "teacher", 2),
+        ("last-3", 3, "last 1 + norm", "reference", 2)]
     assert [s for s, _ in rows[0]["curve"]] == [0, 2, 4] and (tmp_path / "family.png").stat().st_size > 10_000
-    assert "| heal-4 | 4/6 | all kept layers | 4 |" in capsys.readouterr().out
+    assert "| heal-4 | 4/6 | all kept layers | reference | 4 |" in capsys.readouterr().out
     assert main(["heal-family", "--folder", str(tmp_path / "none")]) == 2
