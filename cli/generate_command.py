@@ -39,13 +39,17 @@ def generate(args: argparse.Namespace) -> int:
     if args.tau is not None and not (args.controller and 0 <= args.tau <= 1):
         raise BadInput(f"--tau is a probability threshold in [0, 1] for --controller, got {args.tau:g}"
                        + ("" if args.controller else " without --controller"))
+    if args.plan_window_mb < 0:
+        raise BadInput(f"--plan-window-mb is the prompt-cache memory held for regrouping, in MB (0: none), "
+                       f"got {args.plan_window_mb}")
     device = placement_of(args).device
     settings = settings_from_args(args)
     controller = load_controller(Path(args.controller)) if args.controller else None
     if controller is not None and controller[0]["model"] != settings.model:
         raise BadInput(f"controller {args.controller!r} was trained on model {controller[0]['model']!r}, "
                        f"not {settings.model!r}")
-    decision = ({"controller": str(Path(args.controller).resolve()), "tau": args.tau, "mixed_path": args.mixed_path}
+    decision = ({"controller": str(Path(args.controller).resolve()), "tau": args.tau, "mixed_path": args.mixed_path,
+                 "plan_window_mb": args.plan_window_mb}
                 if args.controller else {"draft": args.draft, "draft_tokens": args.draft_tokens} if args.draft
                 else {"layers": args.layers})
     fingerprint = json.loads(json.dumps({**asdict(settings), **decision}))
@@ -116,7 +120,8 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream:
     allocations = pinned_allocations(stored["candidates"], n)
     scored = inputs.scored_references()
     run_generate(model, tokenizer, inputs.prompts[:1], full(n), DecodeProtocol(2))  # warm-up: neither timed path pays first-call costs
-    mixed = {"path": args.mixed_path, "cost": cached_step_cost(model) if args.mixed_path == "auto" else None}
+    mixed = {"path": args.mixed_path, "cost": cached_step_cost(model) if args.mixed_path == "auto" else None,
+             "window_bytes": args.plan_window_mb * 2**20}
     if stream is not None:
         def write(batch: list[tuple[int, Generation, int]]) -> None:
             scores = sequence_scores(settings.metric, [g.text for _, g, _ in batch], [scored[i] for i, _, _ in batch])
@@ -149,7 +154,8 @@ def deploy(args: argparse.Namespace, settings, inputs, model, tokenizer, stream:
           f"mean {settings.metric} {sum(scores) / len(scores):.2f} vs full model {sum(full_scores) / len(full_scores):.2f}")
     print(f"time: controller {deployed.seconds:.1f} s ({tokens / deployed.seconds:.1f} tokens/s) vs full model "
           f"{full_seconds:.1f} s ({full_tokens / full_seconds:.1f} tokens/s): speed ratio {full_seconds / deployed.seconds:.2f}x")
-    print("batches decoded: " + ", ".join(f"{k} by {p}" for p, k in sorted(deployed.paths.items())))
+    print(f"{deployed.batches} prefill batches ({deployed.prefill_seconds:.1f} s); decode batches: "
+          + ", ".join(f"{k} by {p}" for p, k in sorted(deployed.paths.items())))
     print(f"decisions: {1e3 * deployed.decide_seconds:.1f} ms in all, {1e6 * deployed.decide_seconds / len(texts):.0f} us "
           f"per sequence, {100 * deployed.decide_seconds / full_seconds:.3f} % of the full model's generation time")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from skiporacle.controller.deploy import WINDOW_MB
 from skiporacle.eval.mixed_decode import MIXED_PATHS
 from skiporacle.cli.arguments import Parser, add_data_args, add_decoding_args, add_device, add_model_args
 from skiporacle.cli.controller_parsers import add_controller_parsers
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "each allocation's sequences together, one group after another; lanes: one loop, each layer "
                            "run once on the rows that keep it; auto (default): the cheaper by a per-layer cost measured "
                            "once on this machine (kept in the cache folder). Outputs are equal up to near-ties"))
+    gen.add_argument("--plan-window-mb", type=int, default=WINDOW_MB, metavar="MB",
+                     help=("with --controller: plan-level grouping. Hold up to MB of the full model's prompt caches, so "
+                           "that sequences of several prefill batches that chose the same allocation (or healed "
+                           "variant) decode together in full batches; the rest decode in mixed batches (--mixed-path). "
+                           f"0 decodes each prefill batch by itself (default: {WINDOW_MB}). Outputs are equal up to near-ties"))
     gen.add_argument("--tau", type=float, default=None,
                      help="with --controller: the threshold on the predicted probability (default: the controller's own)")
     gen.add_argument("--draft", metavar="SPEC|VARIANT",
