@@ -118,7 +118,7 @@ def run_deployed(model, tokenizer, prompts, cap, allocations, decide, protocol, 
     decode_s = deployed.seconds - deployed.prefill_seconds  # decisions, regrouping and decoding
     return {"prefill_s": deployed.prefill_seconds, "decode_s": decode_s, "total_s": deployed.seconds, "tokens": tokens,
             "mean_layers": sum(k * c for k, c in out) / max(tokens, 1), "steps": 0, "stats": None,
-            "loops": deployed.groups}
+            "loops": deployed.decode_loops}
 
 
 def print_drafts(results: dict, base: dict) -> None:
@@ -212,16 +212,16 @@ def main() -> None:
         export_allocation(model, "smollm2-135m", of, Path(variant.weights))
         allocation_view(model, variant)  # loaded once, here, not inside a timed row
     configs.append(("static variant 24", Choice(lambda i: own[0]), {}))
-    deployed = []
+    deployed, windows = [], ((0, "by batch"), (args.window_mb * 2**20, "plan-level"))
     for name, pair in (("per-seq 24/uniform:24", [a24, other24]), ("per-seq variants 24/uniform:24", own)):
-        for window, how in ((0, "by batch"), (args.window_mb * 2**20, "plan-level")):
+        for window, how in windows:
             deployed.append((f"{name}, {how}", (pair, window, half)))
     if args.controller:  # its candidates and threshold(s); its features come from the deployment's own prefill
         stored, fitted = load_controller(Path(args.controller))
         candidates = pinned_allocations(stored["candidates"], n)
         for tau in [float(t) for t in args.taus.split(",") if t] or [stored["tau"]]:
             rule = controller_rule(fitted, [a.cost for a in candidates], tau)
-            for window, how in ((0, "by batch"), (args.window_mb * 2**20, "plan-level")):
+            for window, how in windows:
                 deployed.append((f"controller tau {tau:.2f}, {how}", (candidates, window, rule)))
     drafts = [(a28, 4), (a24, 4), (a24, 2), (a20, 2)]
     for draft, k in drafts:

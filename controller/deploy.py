@@ -47,7 +47,7 @@ class Deployed:
     prefill_seconds: float  # the full model's prefill with its features
     batches: int  # prefill batches
     paths: dict[str, int]  # decode batches by each path ("groups", "lanes")
-    groups: int  # decode loops run: one per allocation of a batch decoded by groups, one per batch by the lanes
+    decode_loops: int  # decode loops run: one per allocation of a batch decoded by groups, one per batch by the lanes
 
 
 def controller_rule(fitted: Fitted, costs: Sequence[int], tau: float) -> Decide:
@@ -112,7 +112,7 @@ def deploy_decisions(
             for i, c in zip(batch, decide(features.cpu().numpy().astype("float64"), list(batch))):
                 choices[i] = int(c)
             decide_s += time.perf_counter() - started
-            held += hold_prompts(shared, mask, [rows[i] for i in batch], batch, range(len(batch)))
+            held += hold_prompts(shared, mask, [rows[i] for i in batch], batch)
             batches += 1
         for positions in regroup(held, [allocations[choices[h.index]] for h in held], cap):
             part = [held[p] for p in positions]
@@ -120,8 +120,7 @@ def deploy_decisions(
                 continue
             chosen = [allocations[choices[h.index]] for h in part]
             shared, ids, mask = stack_prompts(part, tokenizer.pad_token_id, model.device)
-            generated, taken = decode_mixed(model, shared, ids, mask, chosen, protocol,
-                                            "groups" if len(set(chosen)) == 1 else path, cost)
+            generated, taken = decode_mixed(model, shared, ids, mask, chosen, protocol, path, cost)
             paths[taken] = paths.get(taken, 0) + 1
             loops += len(set(chosen)) if taken == "groups" else 1
             done = [(h.index, tokens) for h, tokens in zip(part, generated) if is_wanted(h.index)]

@@ -166,9 +166,12 @@ def cached_step_cost(model: PreTrainedModel) -> StepCost:
 def decode_mixed(model, cache, ids, mask, chosen: Sequence[Allocation], protocol: DecodeProtocol,
                  path: str = "auto", cost: StepCost | None = None) -> tuple[list[list[int]], str]:
     """(greedy tokens per row, the path taken): "groups", "lanes", or "auto" (the cheaper by `cost`; groups
-    without one).  "lanes" where the lanes cannot decode these choices takes the groups path."""
+    without one).  "lanes" where the lanes cannot decode these choices, or where every row chose the same
+    allocation (one group, nothing to share), takes the groups path."""
     if path not in MIXED_PATHS:
         raise ValueError(f"path must be one of {MIXED_PATHS}, got {path!r}")
+    if len(set(chosen)) == 1:
+        path = "groups"
     if path == "auto":
         path = "groups" if cost is None else cost.path(chosen, num_layers(model))
     if path == "lanes" and not lanes_reason(model, chosen, ids.shape[1] + protocol.max_new_tokens):

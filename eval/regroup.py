@@ -39,8 +39,8 @@ class HeldPrompt:
 
 
 def hold_prompts(cache: DynamicCache, mask: torch.Tensor, rows: Sequence[Sequence[int]],
-                 indices: Sequence[int], keep: Sequence[int]) -> list[HeldPrompt]:
-    """The `keep` rows (positions in the batch) of a prefill batch: `cache` holds the keys/values of its
+                 indices: Sequence[int]) -> list[HeldPrompt]:
+    """Every row of a prefill batch: `cache` holds the keys/values of its
     left-padded prompts without their last tokens, `mask` [B, T + 1] covers the prompts, `rows[b]` are row b's
     prompt ids and `indices[b]` its index."""
     width = cache.layers[0].keys.shape[2]
@@ -48,7 +48,7 @@ def hold_prompts(cache: DynamicCache, mask: torch.Tensor, rows: Sequence[Sequenc
     return [HeldPrompt(indices[b], tuple(rows[b]),
                        tuple((layer.keys[b, :, width - real[b]:], layer.values[b, :, width - real[b]:])
                              for layer in cache.layers))
-            for b in keep]
+            for b in range(len(rows))]
 
 
 def stack_prompts(held: Sequence[HeldPrompt], pad_id: int,

@@ -28,7 +28,7 @@ def _held(model, prompts: list[list[int]], split: int) -> list[HeldPrompt]:
         part = prompts[start:start + split]
         ids, mask = left_pad(part, PAD_ID, model.device)
         cache, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
-        held += hold_prompts(cache, mask, part, range(start, start + len(part)), range(len(part)))
+        held += hold_prompts(cache, mask, part, range(start, start + len(part)))
     return held
 
 
@@ -106,7 +106,7 @@ def test_a_deployment_gives_the_same_outputs_whatever_it_holds(tiny_llm_dir, tmp
             assert [run.generations[i].tokens for i in rows] == want, (window, allocation.spec)
     assert all(run.choices == [(3 * i) % 4 for i in range(len(prompts))] for run in runs.values())
     assert runs[0].batches == runs[2**40].batches == 4  # 11 prompts in prefill batches of at most 3
-    assert runs[2**40].groups == 4 < runs[0].groups  # 3+3+3+2 rows of one choice each; per prefill batch, more loops
+    assert runs[2**40].decode_loops == 4 < runs[0].decode_loops  # 3+3+3+2 rows of one choice each; per prefill batch, more loops
     assert sum(runs[2**40].paths.values()) == 4
     assert runs[0].paths == runs[1].paths  # a window of one byte holds one prefill batch, like none
 
