@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from skiporacle.controller.decide import threshold_choices
 from skiporacle.controller.classifier import Fitted
@@ -106,7 +106,7 @@ def deploy_decisions(
         for batch in window:
             ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
             started = time.perf_counter()
-            shared, features = prefill_features(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+            shared, features = prefill_features(model, ids[:, :-1], mask[:, :-1])
             prefill_s += time.perf_counter() - started
             started = time.perf_counter()
             for i, c in zip(batch, decide(features.cpu().numpy().astype("float64"), list(batch))):

@@ -139,15 +139,27 @@ def prefill_shared(
     """
     B, T = ids.shape
     groups, logits = [], []
-    for start in range(0, B, group):
-        rows = slice(start, start + group)
-        width = max(int(mask[rows].sum(-1).max()), 1) if T else 0
+    for rows, width in group_widths(mask, group):
         cache = DynamicCache()
         if predict:
             logits.append(prefill_predict(model, ids[rows, T - width :], mask[rows, T - width :], cache))
         else:
             prefill(model, ids[rows, T - width :], mask[rows, T - width :], cache)
         groups.append((rows, width, cache))
+    return right_aligned(groups, B, T), (torch.cat(logits) if predict else None)
+
+
+def group_widths(mask: torch.Tensor, group: int) -> list[tuple[slice, int]]:
+    """The row groups of a left-padded batch mask [B, T], `group` rows each, and each group's width: the real
+    positions of its longest row (at least 1 where T > 0), the only columns its prefill needs to run."""
+    B, T = mask.shape
+    return [(slice(start, start + group), max(int(mask[start : start + group].sum(-1).max()), 1) if T else 0)
+            for start in range(0, B, group)]
+
+
+def right_aligned(groups: list[tuple[slice, int, DynamicCache]], B: int, T: int) -> DynamicCache:
+    """One [B, heads, T, head_dim] cache from groups' caches (rows, width, cache of [rows, heads, width, head_dim]),
+    each placed right-aligned; padded positions hold zeros (they are masked)."""
     shared = DynamicCache()
     for index in range(len(groups[0][2].layers) if groups else 0):
         first = groups[0][2].layers[index]
@@ -159,4 +171,4 @@ def prefill_shared(
             keys[rows, :, T - width :] = cache.layers[index].keys
             values[rows, :, T - width :] = cache.layers[index].values
         shared.update(keys, values, index)
-    return shared, (torch.cat(logits) if predict else None)
+    return shared

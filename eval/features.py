@@ -28,7 +28,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from skiporacle.data.errors import BadInput
 from skiporacle.eval.batching import left_pad, plan_for
-from skiporacle.eval.decode import positions
+from skiporacle.eval.decode import group_widths, positions, right_aligned
 from skiporacle.eval.generate import encode_prompts
 from skiporacle.eval.model import decoder_layers
 
@@ -54,15 +54,27 @@ def _hidden(output) -> torch.Tensor:
 
 
 def prefill_features(
-    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, group: int = 8
 ) -> tuple[DynamicCache, torch.Tensor]:
-    """The engine's prefill of ids [B, P] into `cache`, plus features [B, F] (float32).
+    """The engine's prefill of ids [B, P] (the full model's prompt cache), plus features [B, F] (float32).
 
-    `ids` and `mask` are the left-padded prompts without their last token, as
-    the shared prefill of `eval.generate` takes them.
+    `ids` and `mask` are the left-padded prompts without their last token, as the shared prefill of
+    `eval.generate` takes them; like `decode.prefill_shared`, the rows are read `group` at a time, each group
+    only as wide as its longest row, and the groups' caches are placed right-aligned in one.
     """
     if ids.shape[1] == 0:
         raise BadInput("a prompt of one token leaves nothing for the prefill to read: no features")
+    B, T = ids.shape
+    groups, features = [], []
+    for rows, width in group_widths(mask, group):
+        cache = DynamicCache()
+        features.append(_features_pass(model, ids[rows, T - width :], mask[rows, T - width :], cache))
+        groups.append((rows, width, cache))
+    return right_aligned(groups, B, T), torch.cat(features)
+
+
+def _features_pass(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """One prefill pass of ids [B, P] into `cache`, with the features [B, F] its hooks take."""
     layers = decoder_layers(model)
     real = mask.to(torch.float32)[:, :, None]  # [B, P, 1]
     count = real.sum(1).clamp(min=1)  # [B, 1]
@@ -88,7 +100,7 @@ def prefill_features(
     features = torch.cat([
         count.log(), entropy, _updates(last_t), _updates(pooled_t), last_t[:, mid], last_t[:, -1], pooled_t[:, mid],
     ], dim=1)
-    return cache, features
+    return features
 
 
 def _updates(states: torch.Tensor) -> torch.Tensor:
@@ -106,7 +118,7 @@ def prompt_features(
     batches = plan_for(model, [len(r) for r in rows], max_batch)
     for batch in tqdm(batches, disable=not progress, unit="batch", desc="features"):
         ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
-        _, features = prefill_features(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+        _, features = prefill_features(model, ids[:, :-1], mask[:, :-1])
         for b, i in enumerate(batch):
             result[i] = features[b].cpu().numpy()
     return np.stack(result)  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ layer updates against the model's own hidden states."""
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from rounding import assert_rounding_close, model_tolerance
 from skiporacle.eval.batching import left_pad
@@ -18,7 +17,7 @@ def test_features_are_named_and_ride_on_the_engines_prefill(tiny_model, prompt_i
     prompt_ids = [p for p in prompt_ids if len(p) > 1]  # a one-token prompt leaves the prefill nothing to read
     n, hidden = num_layers(model), model.config.hidden_size
     ids, mask = left_pad(prompt_ids, 0, model.device)
-    cache, features = prefill_features(model, ids[:, :-1], mask[:, :-1], DynamicCache())
+    cache, features = prefill_features(model, ids[:, :-1], mask[:, :-1])
     assert features.shape == (len(prompt_ids), len(feature_names(n, hidden)))
     assert feature_names(n, hidden)[scalar_columns(n)] == f"last_h{n // 2}_0"  # the hidden states follow the scalars
     shared, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
@@ -40,3 +39,18 @@ def test_a_prompts_features_do_not_depend_on_its_batch(tiny_model, tokenizer, pr
     together = prompt_features(model, tokenizer, texts)
     alone = [prompt_features(model, tokenizer, [t])[0] for t in texts]
     assert_rounding_close(together, alone, model_tolerance(model.config))
+
+
+def test_features_read_in_groups_equal_one_pass(tiny_model, prompt_ids, single_thread):
+    model = tiny_model("llama")
+    rows = sorted((p for p in prompt_ids if len(p) > 1), key=len)  # as plan_for orders a batch
+    ids, mask = left_pad(rows, 0, model.device)
+    tolerance = model_tolerance(model.config)
+    whole_cache, whole = prefill_features(model, ids[:, :-1], mask[:, :-1], group=len(rows))
+    for group in (1, 2, 3):
+        cache, features = prefill_features(model, ids[:, :-1], mask[:, :-1], group=group)
+        assert_rounding_close(features, whole, tolerance)
+        for ours, theirs in zip(cache.layers, whole_cache.layers):
+            real = mask[:, None, :-1, None].bool()  # padded slots hold zeros in the grouped cache: masked anyway
+            assert_rounding_close(ours.keys * real, theirs.keys * real, tolerance)
+            assert_rounding_close(ours.values * real, theirs.values * real, tolerance)
