@@ -29,6 +29,11 @@ LABEL_BUDGETS ?= 20,22,24,25,26,27,28,29
 RANKING       ?= runs/ranking.json
 LABELS        ?= runs/labels-$(subst :,-,$(TASK))-$(LABEL_N)
 TRAIN_RUN     ?=
+# Acceptance labels (make drafts): DRAFTS on DRAFT_N rows from LABEL_OFFSET (label rows, as the controller's).
+DRAFTS        ?= importance:20 importance:24 importance:26 importance:28
+DRAFT_TOKENS  ?= 2
+DRAFT_N       ?= 100
+DRAFTS_OUT    ?= runs/drafts-$(subst :,-,$(TASK))-$(DRAFT_N)
 CONTROLLER_ARGS ?=
 PERTOKEN_ARGS   ?=
 # Per-sequence search (make search): greedy or random-search, under the score or the exact rule.
@@ -42,7 +47,7 @@ GPU_CHECK_OUT ?= runs/gpu-check.json
 SAVINGS_DECISIONS ?= $(wildcard $(MODELS)/heal-* $(MODELS)/last-*)
 SAVINGS_OUT       ?= runs/savings
 
-.PHONY: setup browser gpu-check ranking labels controller pertoken heal savings oracle search compare perplexity dump curves report test bench bench-deploy clean
+.PHONY: setup browser gpu-check ranking labels controller drafts pertoken heal savings oracle search compare perplexity dump curves report test bench bench-deploy clean
 
 setup: $(STAMP)
 
@@ -102,6 +107,10 @@ labels: setup $(RANKING)  ## controller labels: the oracle on LABEL_N rows from 
 controller: labels  ## labels if missing (resumed), their plausibility, then the controller judged by k-fold CV (or trained on TRAIN_RUN)
 	$(BIN)/skiporacle plausibility --run $(LABELS) --device $(DEVICE)
 	$(BIN)/skiporacle controller --run $(LABELS) --device $(DEVICE) $(if $(TRAIN_RUN),--train $(TRAIN_RUN)) $(CONTROLLER_ARGS)
+
+drafts: setup $(RANKING)  ## acceptance labels of DRAFTS (self-speculative drafts) and whether a per-prompt draft choice beats the best one (resumes)
+	$(BIN)/skiporacle drafts --task $(TASK) --offset $(LABEL_OFFSET) --limit $(DRAFT_N) $(foreach d,$(DRAFTS),--draft $(d)) \
+		--draft-tokens $(DRAFT_TOKENS) --importance $(RANKING) --out $(DRAFTS_OUT) --resume --device $(DEVICE)
 
 pertoken: setup $(RANKING)  ## per-token study: oracle, probe and its controller vs fixed rates at equal compute (N rows of TASK; training rows 100-249)
 	$(BIN)/skiporacle pertoken --task $(TASK) --limit $(N) --model $(MODEL) --importance $(RANKING) \

@@ -172,6 +172,9 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--offset", type=int, default=700)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--static", default="28,27,24,20",
+                   help="layer counts of the static rows (default: 28,27,24,20); a decision's heterogeneity cost needs "
+                        "the one at its rounded mean")
     p.add_argument("--controller", help="a controller folder: time its per-sequence decisions too")
     p.add_argument("--taus", default="", help="with --controller: comma-separated thresholds (default: its own)")
     p.add_argument("--only", default="", help="comma-separated name parts: run only the decisions whose names hold one, "
@@ -191,10 +194,10 @@ def main() -> None:
     a30, a28, a24, a20 = full(n), _kept(n, 28), _kept(n, 24), _kept(n, 20)
     other24 = uniform(24, n)  # 24 layers, not nested with the importance family's
     family = importance_family(DROP_ORDER, n, keep=(0, 1))
-    a27 = _kept(n, 27)
-    configs = [
-        ("full", Choice(lambda i: a30), {}), ("static 28", Choice(lambda i: a28), {}), ("static 27", Choice(lambda i: a27), {}),
-        ("static 24", Choice(lambda i: a24), {}), ("static 20", Choice(lambda i: a20), {}),
+    statics = {k: _kept(n, k) for k in map(int, args.static.split(","))}
+    configs = [("full", Choice(lambda i: a30), {})]
+    configs += [(f"static {k}", Choice(lambda i, a=a: a), {}) for k, a in statics.items()]
+    configs += [
         ("full, prompt under", Choice(lambda i: a30), {"under": True}),
         ("static 24, prompt under", Choice(lambda i: a24), {"under": True}),
     ]

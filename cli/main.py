@@ -12,8 +12,8 @@ import os
 import sys
 from typing import Callable
 
-from skiporacle.cli import (controller_commands, export_command, generate_command, heal_command, model_commands,
-                            run_folder_commands, savings_command)
+from skiporacle.cli import (controller_commands, drafts_command, export_command, generate_command, heal_command,
+                            model_commands, run_folder_commands, savings_command)
 from skiporacle.cli.parsers import build_parser
 from skiporacle.cli.run_settings import placement_of
 from skiporacle.data.errors import BadInput, RunStopped
@@ -33,6 +33,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "report": run_folder_commands.report,
     "compare": run_folder_commands.compare,
     "export": export_command.export,
+    "drafts": drafts_command.drafts,
     "savings": savings_command.savings,
     "savings-table": savings_command.savings_table,
 }

@@ -10,6 +10,7 @@ from skiporacle.controller.deploy import WINDOW_MB
 from skiporacle.eval.mixed_decode import MIXED_PATHS
 from skiporacle.cli.arguments import Parser, add_data_args, add_decoding_args, add_device, add_model_args
 from skiporacle.cli.controller_parsers import add_controller_parsers
+from skiporacle.cli.drafts_command import add_drafts_parser
 from skiporacle.cli.export_command import add_export_parser
 from skiporacle.cli.savings_command import add_savings_parsers
 from skiporacle.oracle.guard import PLAUSIBILITY_MARGIN
@@ -217,4 +218,5 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--against", required=True, help="run folder of the same sequences (e.g. make oracle's)")
     add_export_parser(sub)
     add_savings_parsers(sub)
+    add_drafts_parser(sub)
     return parser

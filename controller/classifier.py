@@ -15,7 +15,7 @@ The full model (the last candidate) is not modelled: probability 1, delta 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -45,6 +45,10 @@ class Fitted:
         n = len(features)
         return np.hstack([prob, np.ones((n, 1))]), np.hstack([delta, np.zeros((n, 1))])
 
+    def regress(self, features: np.ndarray) -> np.ndarray:
+        """The ridge head's predictions [N, K] of a `fit_values` controller."""
+        return _design(self, features) @ self.delta_weights
+
 
 def _design(fitted: Fitted, features: np.ndarray) -> np.ndarray:
     z = (features - fitted.mean) / fitted.scale
@@ -54,6 +58,26 @@ def _design(fitted: Fitted, features: np.ndarray) -> np.ndarray:
 
 def fit(features: np.ndarray, match: np.ndarray, delta: np.ndarray, scalar_columns: int) -> Fitted:
     """Train on features [N, F], match labels [N, K] (bool) and score deltas [N, K]; column K-1 is the full model."""
+    shell, x = _reduced(features, scalar_columns)
+    y_match, y_delta = match[:, :-1].astype(np.float64), delta[:, :-1].astype(np.float64)
+    alpha_match = _choose_alpha(x, y_match, _logistic, log_loss)
+    alpha_delta = _choose_alpha(x, y_delta, _ridge, _squared_error)
+    return replace(shell, match_weights=_logistic(x, y_match, alpha_match), delta_weights=_ridge(x, y_delta, alpha_delta),
+                   alpha_match=alpha_match, alpha_delta=alpha_delta)
+
+
+def fit_values(features: np.ndarray, values: np.ndarray, scalar_columns: int) -> Fitted:
+    """A regression-only controller: features [N, F] to values [N, K] (every column modelled, no full-model
+    column), read back by `Fitted.regress`; the same reduction and ridge head as `fit`."""
+    shell, x = _reduced(features, scalar_columns)
+    alpha = _choose_alpha(x, values.astype(np.float64), _ridge, _squared_error)
+    return replace(shell, match_weights=np.zeros((x.shape[1], 0)), delta_weights=_ridge(x, values, alpha),
+                   alpha_delta=alpha)
+
+
+def _reduced(features: np.ndarray, scalar_columns: int) -> tuple[Fitted, np.ndarray]:
+    """A controller without heads that standardises and reduces like one trained on `features`, and the
+    training rows' design matrix [N, D + 1]."""
     mean = features.mean(0)
     scale = features.std(0)
     scale = np.where(scale > 1e-6, scale, 1.0)
@@ -65,12 +89,7 @@ def fit(features: np.ndarray, match: np.ndarray, delta: np.ndarray, scalar_colum
         _, singular, vt = np.linalg.svd(block, full_matrices=False)
         basis = vt[:components].T / np.maximum(singular[:components] / np.sqrt(len(z)), 1e-6)
     shell = Fitted(mean, scale, scalar_columns, basis, np.zeros(0), np.zeros(0), 0.0, 0.0)
-    x = _design(shell, features)
-    y_match, y_delta = match[:, :-1].astype(np.float64), delta[:, :-1].astype(np.float64)
-    alpha_match = _choose_alpha(x, y_match, _logistic, log_loss)
-    alpha_delta = _choose_alpha(x, y_delta, _ridge, _squared_error)
-    return Fitted(mean, scale, scalar_columns, basis, _logistic(x, y_match, alpha_match),
-                  _ridge(x, y_delta, alpha_delta), alpha_match, alpha_delta)
+    return shell, _design(shell, features)
 
 
 def _choose_alpha(x, y, train, loss) -> float:

@@ -81,11 +81,14 @@ def cache_slots(prompt_length: int, max_new_tokens: int, draft_tokens: int) -> i
 def speculative_decode(
     model: PreTrainedModel, prompt_cache: DynamicCache, last: torch.Tensor, mask: torch.Tensor, draft: Allocation,
     draft_tokens: int, max_new_tokens: int, eos: frozenset[int], stats: SpeculativeStats,
+    per_row: list[list[int]] | None = None,
 ) -> list[list[int]]:
     """The full model's greedy tokens of each row, drafted by `draft` `draft_tokens` at a time.
 
     `prompt_cache` is the full model's cache of each prompt but its last token last [B]; `mask` [B, S + 1]
-    covers it and that token.  A row stops at EOS (kept) or after `max_new_tokens` tokens.
+    covers it and that token; it is read, never modified, so several drafts can start from one prefill.  A row
+    stops at EOS (kept) or after `max_new_tokens` tokens.  `per_row` [B][4], if given, gains each row's
+    checks, drafted tokens, accepted tokens and near-ties (the row's share of `stats`).
     """
     n = len(mask)
     cache = AllocationCache(full(draft.num_layers).layers, prompt_cache, reserve=cache_slots(0, max_new_tokens, draft_tokens))
@@ -129,6 +132,9 @@ def speculative_decode(
             out[row] += new
             stats.rounds, stats.drafted, stats.accepted = stats.rounds + 1, stats.drafted + k, stats.accepted + a
             stats.emitted, stats.near_ties = stats.emitted + len(new), stats.near_ties + sum(host_near[b][:end])
+            if per_row is not None:
+                per_row[row] = [per_row[row][0] + 1, per_row[row][1] + k, per_row[row][2] + a,
+                                per_row[row][3] + sum(host_near[b][:end])]
             if not (out[row][-1] in eos or len(out[row]) >= max_new_tokens):
                 kept_rows.append(b)
         token = greedy[torch.arange(len(live), device=mask.device), agree]
