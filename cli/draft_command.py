@@ -1,5 +1,5 @@
 """`skiporacle generate --draft SPEC|VARIANT --draft-tokens K`: the full model's greedy outputs, drafted by an
-allocation of the model's own layers or by a healed variant folder, and checked by the full model (`eval/speculative.py`), so the outputs are the full
+allocation of the model's own layers (importance:N in the order of --importance's ranking) or by a healed variant folder, and checked by the full model (`eval/speculative.py`), so the outputs are the full
 model's whatever the draft; printed with the draft's acceptance and its wall-clock against the full model's
 plain decoding on the same prompts, or streamed (`--out`) like any other decision."""
 
@@ -17,16 +17,41 @@ from skiporacle.eval.generate import generate as run_generate
 from skiporacle.eval.metrics import sequence_scores
 from skiporacle.eval.speculative import SpeculativeStats, generate_speculative
 from skiporacle.heal.variants import read_heal_metadata, variant_allocation
-from skiporacle.search.allocation import check_spec, full, parse_spec
+from skiporacle.eval.ranking import read_ranking
+from skiporacle.search.allocation import Allocation, check_spec, full, parse_spec
+from skiporacle.search.spaces import importance_space
+
+
+RANKING = "runs/ranking.json"  # the ranking importance:N drafts follow unless --importance names another
+
+
+def check_draft(text: str) -> None:
+    """Refuse (BadInput) a --draft that is neither a layer spec, importance:N nor a healed variant folder."""
+    if Path(text).is_dir():
+        read_heal_metadata(text)
+    elif text.startswith("importance:"):
+        if not text.partition(":")[2].isdigit():
+            raise BadInput(f"--draft {text!r}: importance:N takes a layer count")
+    else:
+        check_spec(text)
+
+
+def draft_allocation(text: str, num_layers: int, model: str, ranking: str | None) -> Allocation:
+    """One --draft as an allocation of the model: a healed variant folder, importance:N (N layers kept in the
+    order of the ranking file `ranking`), or a layer spec."""
+    if Path(text).is_dir():
+        return variant_allocation(text, num_layers, model)
+    kind, _, budget = text.partition(":")
+    if kind != "importance":
+        return parse_spec(text, num_layers)
+    order = read_ranking(Path(ranking or RANKING), model, num_layers)["drop_order"]
+    return importance_space([int(budget)], order)[0]
 
 
 def check_draft_args(args: argparse.Namespace) -> None:
     """Refuse (BadInput) a draft that is neither a layer spec nor a healed variant folder, and what a draft cannot
     be combined with, before any model loads."""
-    if Path(args.draft).is_dir():
-        read_heal_metadata(args.draft)
-    else:
-        check_spec(args.draft)
+    check_draft(args.draft)
     if args.draft_tokens < 1:
         raise BadInput(f"--draft-tokens must be at least 1, got {args.draft_tokens}")
     if args.controller:
@@ -40,8 +65,7 @@ def check_draft_args(args: argparse.Namespace) -> None:
 def generate_with_draft(args: argparse.Namespace, settings, inputs, model, tokenizer,
                         stream: OutputStream | None) -> int:
     """Run the draft over every prompt (`stream`: an open --out stream or None) and print what it achieved."""
-    draft = (variant_allocation(args.draft, inputs.num_layers, settings.model) if Path(args.draft).is_dir()
-             else parse_spec(args.draft, inputs.num_layers))
+    draft = draft_allocation(args.draft, inputs.num_layers, settings.model, args.importance)
     protocol, everything = settings.protocol, full(inputs.num_layers)
     scored, stats = inputs.scored_references(), SpeculativeStats()
     wanted = None if stream is None else {i for i, e in enumerate(inputs.ids) if e not in stream.done}

@@ -13,19 +13,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from skiporacle.cli.arguments import add_data_args, add_model_args
+from skiporacle.cli.draft_command import RANKING, check_draft, draft_allocation
 from skiporacle.cli.output_stream import open_stream
 from skiporacle.cli.run_settings import placement_of, settings_from_args
 from skiporacle.controller.draft_choice import draft_choice
 from skiporacle.data.errors import BadInput
 from skiporacle.data.files import read_appended, write_json_atomic
 from skiporacle.eval.features import scalar_columns
-from skiporacle.eval.ranking import read_ranking
-from skiporacle.heal.variants import read_heal_metadata, variant_allocation
 from skiporacle.oracle.bootstrap import RESAMPLES
 from skiporacle.oracle.draft_labels import DraftTable, draft_line, label_drafts
 from skiporacle.oracle.inputs import load_inputs, load_named_model
-from skiporacle.search.allocation import Allocation, check_spec, parse_spec
-from skiporacle.search.spaces import importance_space
 
 LABELS, CHOICE = "drafts.jsonl", "draft_choice.json"
 
@@ -48,8 +45,8 @@ def add_drafts_parser(sub) -> None:
                    help=("a draft (repeat for several): importance:N (N layers kept in --importance's order), "
                          "uniform:N, exit:L, a layer list like 0-10,12,15-29, or a healed variant folder"))
     g.add_argument("--draft-tokens", type=int, default=2, metavar="K", help="tokens drafted per check (default: 2)")
-    g.add_argument("--importance", default="runs/ranking.json", metavar="FILE",
-                   help="the layer ranking for importance:N drafts (`make ranking` writes the default: runs/ranking.json)")
+    g.add_argument("--importance", default=RANKING, metavar="FILE",
+                   help=f"the layer ranking for importance:N drafts (default: {RANKING}, which `make ranking` writes)")
     g.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
     g.add_argument("--seed", type=int, default=0, help="seed of the folds and the bootstrap (default: 0)")
     g.add_argument("--resamples", type=int, default=RESAMPLES, help=f"bootstrap resamples (default: {RESAMPLES})")
@@ -58,26 +55,9 @@ def add_drafts_parser(sub) -> None:
     p.set_defaults(prompt_under_allocation=False)
 
 
-def _draft(text: str, num_layers: int, model: str, ranking: str) -> Allocation:
-    """One --draft as an allocation of the model (BadInput for anything else)."""
-    if Path(text).is_dir():
-        return variant_allocation(text, num_layers, model)
-    kind, _, budget = text.partition(":")
-    if kind != "importance":
-        return parse_spec(text, num_layers)
-    order = read_ranking(Path(ranking), model, num_layers)["drop_order"]
-    return importance_space([int(budget)], order)[0]
-
-
 def _check_args(args: argparse.Namespace) -> None:
     for text in args.draft:
-        if Path(text).is_dir():
-            read_heal_metadata(text)
-        elif text.startswith("importance:"):
-            if not text.partition(":")[2].isdigit():
-                raise BadInput(f"--draft {text!r}: importance:N takes a layer count")
-        else:
-            check_spec(text)
+        check_draft(text)
     if len(set(args.draft)) < len(args.draft):
         raise BadInput("--draft: a draft is named twice")
     if args.draft_tokens < 1:
@@ -101,7 +81,7 @@ def drafts(args: argparse.Namespace) -> int:
     inputs = load_inputs(settings, model, tokenizer)
     if len(set(inputs.ids)) < len(inputs.ids):
         raise BadInput("the rows' ids repeat, so a resumed labels file could not tell them apart; give --id-field")
-    allocations = [_draft(t, inputs.num_layers, settings.model, args.importance) for t in args.draft]
+    allocations = [draft_allocation(t, inputs.num_layers, settings.model, args.importance) for t in args.draft]
     stream = open_stream(out / LABELS, fingerprint, args.resume)  # after every check: bad input writes nothing
     wanted = {i for i, e in enumerate(inputs.ids) if e not in stream.done}
     done = len(stream.done)

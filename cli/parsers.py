@@ -10,6 +10,7 @@ from skiporacle.controller.deploy import WINDOW_MB
 from skiporacle.eval.mixed_decode import MIXED_PATHS
 from skiporacle.cli.arguments import Parser, add_data_args, add_decoding_args, add_device, add_model_args
 from skiporacle.cli.controller_parsers import add_controller_parsers
+from skiporacle.cli.draft_command import RANKING
 from skiporacle.cli.drafts_command import add_drafts_parser
 from skiporacle.cli.export_command import add_export_parser
 from skiporacle.cli.savings_command import add_savings_parsers
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "and the time against the full model's plain decoding"))
     gen.add_argument("--draft-tokens", type=int, default=4, metavar="K",
                      help="with --draft: tokens drafted per check (default: 4)")
+    gen.add_argument("--importance", default=None, metavar="FILE",
+                     help=f"with --draft importance:N: the layer ranking whose order keeps N layers (default: "
+                          f"{RANKING}, which `make ranking` writes)")
     gen.add_argument("--layers", default="all",
                      help="allocation: all, uniform:N (N layers kept), exit:L (layers 0..L-1), or a list like 0-10,12,15-29")
     gen.add_argument("--out", metavar="FILE.jsonl",

@@ -121,3 +121,15 @@ def test_drafts_command_resumes_a_killed_run(capsys, data_args, tmp_path):
 def test_drafts_bad_input_gets_one_line(capsys, data_args, tmp_path, extra, match):
     assert_bad(capsys, *_args(data_args, tmp_path / "x"), *extra, match=match)
     assert not (tmp_path / "x").exists()
+
+
+def test_generate_drafts_with_an_importance_budget(capsys, data_args, tmp_path):
+    ranking = tmp_path / "ranking.json"
+    ranking.write_text(json.dumps({"drop_order": [3, 4, 2, 5, 1, 0]}), encoding="utf-8")
+    base = ["generate", *data_args, "--limit", 2, "--max-new-tokens", 4, "--draft-tokens", 2]
+    with one_thread():
+        code, out, err = run_cli(capsys, *base, "--draft", "importance:4", "--importance", ranking)
+    assert code == 0, err
+    assert "draft importance:4 (4 of 6 layers)" in out
+    assert "outputs equal to the full model's plain decoding: 2 of 2" in out
+    assert_bad(capsys, *base, "--draft", "importance:many", match="layer count")
