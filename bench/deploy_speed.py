@@ -179,8 +179,9 @@ def main() -> None:
     p.add_argument("--taus", default="", help="with --controller: comma-separated thresholds (default: its own)")
     p.add_argument("--only", default="", help="comma-separated name parts: run only the decisions whose names hold one, "
                                               "or =NAME for one name exactly (the full model always runs)")
-    p.add_argument("--window-mb", type=int, default=WINDOW_MB,
-                   help=f"prompt-cache memory the plan-level rows hold (default: {WINDOW_MB}, generate's default)")
+    p.add_argument("--window-mb", default=str(WINDOW_MB),
+                   help=f"prompt-cache memory the plan-level rows hold, MB; a comma-separated list gives a row per size "
+                        f"(default: {WINDOW_MB}, generate's default)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model_cached("smollm2-135m", "float32", "cpu")
@@ -215,7 +216,9 @@ def main() -> None:
         export_allocation(model, "smollm2-135m", of, Path(variant.weights))
         allocation_view(model, variant)  # loaded once, here, not inside a timed row
     configs.append(("static variant 24", Choice(lambda i: own[0]), {}))
-    deployed, windows = [], ((0, "by batch"), (args.window_mb * 2**20, "plan-level"))
+    sizes = [int(mb) for mb in args.window_mb.split(",")]
+    deployed = []
+    windows = [(0, "by batch")] + [(mb * 2**20, "plan-level" if len(sizes) == 1 else f"plan-level {mb} MB") for mb in sizes]
     for name, pair in (("per-seq 24/uniform:24", [a24, other24]), ("per-seq variants 24/uniform:24", own)):
         for window, how in windows:
             deployed.append((f"{name}, {how}", (pair, window, half)))

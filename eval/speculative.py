@@ -147,6 +147,27 @@ def speculative_decode(
     return out
 
 
+def planned_draft_batches(
+    model: PreTrainedModel, tokenizer, prompts: Sequence[str], draft_tokens: int, protocol: DecodeProtocol,
+    max_batch: int = 0, wanted: set[int] | None = None,
+) -> tuple[DecodeProtocol, Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]]:
+    """`protocol` with the model's EOS, and the batches of a speculative run: (indices, ids [B, P], mask [B, P]),
+    left-padded, planned once over all prompts; only batches holding a `wanted` index (default: all) come.
+    BadInput, before any batch, where `unsupported_draft` names why the model cannot draft these prompts."""
+    protocol = with_model_eos(protocol, model, tokenizer)
+    rows = encode_prompts(tokenizer, prompts)
+    reason = unsupported_draft(model, cache_slots(max(map(len, rows), default=0), protocol.max_new_tokens, draft_tokens))
+    if reason:
+        raise BadInput(f"--draft: {reason}")
+
+    def batches() -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        for batch in plan_for(model, [len(r) for r in rows], max_batch):
+            if wanted is None or any(i in wanted for i in batch):
+                yield (list(batch), *left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device))
+
+    return protocol, batches()
+
+
 def generate_speculative(
     model: PreTrainedModel, tokenizer, prompts: Sequence[str], draft: Allocation, draft_tokens: int,
     protocol: DecodeProtocol, stats: SpeculativeStats, max_batch: int = 0, wanted: set[int] | None = None,
@@ -158,15 +179,8 @@ def generate_speculative(
     prompt (the draft reads its cache), whatever `protocol.first_token` says: the output is the full model's.
     BadInput (before the first batch) where `unsupported_draft` names why the model cannot.
     """
-    protocol = with_model_eos(protocol, model, tokenizer)
-    rows = encode_prompts(tokenizer, prompts)
-    reason = unsupported_draft(model, cache_slots(max(map(len, rows), default=0), protocol.max_new_tokens, draft_tokens))
-    if reason:
-        raise BadInput(f"--draft: {reason}")
-    for batch in plan_for(model, [len(r) for r in rows], max_batch):
-        if wanted is not None and not any(i in wanted for i in batch):
-            continue
-        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
+    protocol, batches = planned_draft_batches(model, tokenizer, prompts, draft_tokens, protocol, max_batch, wanted)
+    for batch, ids, mask in batches:
         with torch.inference_mode():
             cache, _ = prefill_shared(model, ids[:, :-1], mask[:, :-1])
         tokens = speculative_decode(model, cache, ids[:, -1], mask, draft, draft_tokens, protocol.max_new_tokens,

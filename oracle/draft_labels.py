@@ -23,13 +23,11 @@ import torch
 from transformers import PreTrainedModel
 
 from skiporacle.data.errors import BadInput
-from skiporacle.eval.batching import left_pad, plan_for
 from skiporacle.eval.cache import AllocationCache
 from skiporacle.eval.decode import greedy_decode
 from skiporacle.eval.decode_protocol import DecodeProtocol
 from skiporacle.eval.features import prefill_features
-from skiporacle.eval.generate import encode_prompts, with_model_eos
-from skiporacle.eval.speculative import SpeculativeStats, cache_slots, speculative_decode, unsupported_draft
+from skiporacle.eval.speculative import SpeculativeStats, planned_draft_batches, speculative_decode
 from skiporacle.search.allocation import Allocation, full
 
 
@@ -88,15 +86,8 @@ def label_drafts(
         raise BadInput("acceptance labels need at least one draft")
     if draft_tokens < 1:
         raise BadInput(f"--draft-tokens must be at least 1, got {draft_tokens}")
-    protocol = with_model_eos(protocol, model, tokenizer)
-    rows = encode_prompts(tokenizer, prompts)
-    reason = unsupported_draft(model, cache_slots(max(map(len, rows), default=0), protocol.max_new_tokens, draft_tokens))
-    if reason:
-        raise BadInput(f"--draft: {reason}")
-    for batch in plan_for(model, [len(r) for r in rows], max_batch):
-        if wanted is not None and not any(i in wanted for i in batch):
-            continue
-        ids, mask = left_pad([rows[i] for i in batch], tokenizer.pad_token_id, model.device)
+    protocol, batches = planned_draft_batches(model, tokenizer, prompts, draft_tokens, protocol, max_batch, wanted)
+    for batch, ids, mask in batches:
         labelled = label_batch(model, ids, mask, drafts, draft_tokens, protocol)
         yield [DraftRow(i, *row) for i, row in zip(batch, labelled) if wanted is None or i in wanted]
 
